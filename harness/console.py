@@ -1,0 +1,203 @@
+"""The guest's serial console, driven with pexpect.
+
+QEMU logs the console to console.log from its first byte (chardev logfile);
+this class talks to the console socket. Commands are wrapped in random
+start/end markers and their output is sent with its byte count, so output and
+exit status are parsed exactly even when kernel messages land in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import socket
+import time
+from pathlib import Path
+
+import pexpect
+from pexpect.fdpexpect import fdspawn
+
+from harness.command import CommandResult
+from harness.deadline import Deadline
+from harness.errors import GuestPanic, HarnessError, PhaseTimeout
+from harness.guests.base import GuestProfile
+
+log = logging.getLogger(__name__)
+
+
+class Console:
+    def __init__(self, socket_path: Path, profile: GuestProfile, *, log_path: Path | None = None) -> None:
+        self.socket_path = socket_path
+        self.profile = profile
+        self.log_path = log_path  # QEMU's console.log, for tails in errors
+        self._spawn: fdspawn | None = None
+        self._socket: socket.socket | None = None
+        self._panic = [re.compile(p) for p in profile.panic_patterns]
+
+    # -- lifetime -----------------------------------------------------------
+    def connect(self, deadline: Deadline) -> None:
+        def attempt() -> socket.socket | None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.socket_path))
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                return None
+
+        sock = deadline.wait_for(attempt, f"the console socket {self.socket_path}")
+        self._socket = sock
+        self._spawn = fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace", maxread=65536,
+                              use_poll=True)
+
+    def close(self) -> None:
+        self._spawn = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def spawn(self) -> fdspawn:
+        if self._spawn is None:
+            raise HarnessError("the console is not connected")
+        return self._spawn
+
+    def tail(self, lines: int = 60) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # -- expect -------------------------------------------------------------
+    def expect(self, patterns: list[str], deadline: Deadline, *, what: str,
+               panic_check: bool = True) -> int:
+        """Wait for one of `patterns`; a panic pattern raises GuestPanic, the
+        deadline raises PhaseTimeout with the console tail."""
+        compiled = [re.compile(p, re.MULTILINE) for p in patterns]
+        watch = compiled + (self._panic if panic_check else [])
+        try:
+            index = self.spawn.expect_list(watch, timeout=max(0.01, deadline.remaining()))
+        except pexpect.TIMEOUT:
+            raise deadline.timeout(f"waiting for {what}", console_tail=self.tail()) from None
+        except pexpect.EOF:
+            raise HarnessError(f"the console closed while waiting for {what} (QEMU exited?)\n"
+                               f"console tail:\n{self.tail()}") from None
+        if index >= len(compiled):
+            self._raise_panic()
+        return index
+
+    def _raise_panic(self) -> None:
+        spawn = self.spawn
+        text = str(spawn.before)[-2000:] + str(spawn.after)
+        # Let the rest of the trace arrive: read until the console is quiet.
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            try:
+                text += spawn.read_nonblocking(65536, timeout=0.5)
+            except pexpect.TIMEOUT:
+                break
+            except pexpect.EOF:
+                break
+        debugger = ""
+        if self.profile.debugger_prompt and re.search(self.profile.debugger_prompt, text):
+            debugger = self._debugger_dump()
+        raise GuestPanic(_panic_excerpt(text, self._panic), debugger_output=debugger)
+
+    def _debugger_dump(self) -> str:
+        out = ""
+        for command in self.profile.debugger_commands:
+            self.spawn.sendline(command)
+            try:
+                self.spawn.expect(self.profile.debugger_prompt or "db> ", timeout=10)
+                out += f"{self.profile.debugger_prompt} {command}\n{self.spawn.before}\n"
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                out += f"{command}: no answer\n"
+                break
+        return out
+
+    def sendline(self, text: str = "") -> None:
+        self.spawn.sendline(text)
+
+    def send_interrupt(self) -> None:
+        self.spawn.sendcontrol("c")
+
+    # -- login ----------------------------------------------------------------
+    def wait_for_prompt(self, deadline: Deadline, *, nudge_every: float = 3.0) -> int:
+        """Wait for a login, password or shell prompt (0, 1, 2); when the
+        console stays quiet, press Enter to ask for one."""
+        p = self.profile.patterns
+        while True:
+            try:
+                return self.expect([p.login, p.password, p.shell],
+                                   deadline.child(nudge_every, deadline.phase), what="a login prompt")
+            except PhaseTimeout:
+                if deadline.expired:
+                    raise deadline.timeout("waiting for a login prompt", console_tail=self.tail()) from None
+                self.sendline("")
+
+    def login(self, boot: Deadline, login: Deadline) -> None:
+        """Log in by prompt patterns (boot: until the first prompt; login: the
+        rest), then set the shell up for marker-wrapped commands."""
+        p = self.profile.patterns
+        index = self.wait_for_prompt(boot)
+        while index != 2:
+            self.sendline(self.profile.user if index == 0 else (self.profile.password or ""))
+            index = self.expect([p.login, p.password, p.shell], login, what="a shell prompt after login")
+        for command in self.profile.shell_setup:
+            self.sendline(command)
+        self.run("true", timeout=max(1.0, login.remaining()), check=True)
+
+    # -- commands -------------------------------------------------------------
+    def run(self, command: str, timeout: float = 30.0, *, check: bool = False,
+            panic_check: bool = True) -> CommandResult:
+        """Run `command` in the guest shell (stdin from /dev/null) and return its
+        exact output and status."""
+        tag = "HX" + secrets.token_hex(4)
+        tmp = f"/tmp/.{tag}"
+        # The markers are printed from two parts so the typed line (if echoed)
+        # never contains them.
+        wrapped = (f"( {command}\n) >{tmp} 2>&1 </dev/null; s=$?; "
+                   f"printf '%s%s %s\\n' {tag} B $(wc -c <{tmp}); cat {tmp}; "
+                   f"printf '%s%s %s\\n' {tag} E $s; rm -f {tmp}")
+        deadline = Deadline(timeout, f"console command: {command[:60]}")
+        start = time.monotonic()
+        self.spawn.sendline(wrapped)
+        self.expect([rf"{tag}B\s*(\d+)\r?\n"], deadline, what="the command to finish",
+                    panic_check=panic_check)
+        size = int(self.spawn.match.group(1))
+        self.expect([rf"{tag}E (\d+)\r?\n"], deadline, what="the end of the command output",
+                    panic_check=panic_check)
+        status = int(self.spawn.match.group(1))
+        raw = str(self.spawn.before)
+        output = self._exact_output(raw, size)
+        result = CommandResult(command, status, output, "console", time.monotonic() - start)
+        return result.check() if check else result
+
+    def _exact_output(self, raw: str, size: int) -> str:
+        text = raw.replace("\r\n", "\n")
+        # The terminal turned each \n into \r\n; anything beyond the byte
+        # count the guest measured was written by the kernel meanwhile.
+        if len(text.encode()) == size:
+            return text
+        kernel = self.profile.kernel_line
+        cleaned = "".join(line for line in text.splitlines(keepends=True) if not kernel.match(line))
+        if len(cleaned.encode()) != size:
+            log.warning("console output is %d bytes, the guest wrote %d; kernel messages may be mixed in",
+                        len(cleaned.encode()), size)
+        return cleaned
+
+
+def _panic_excerpt(text: str, patterns: list[re.Pattern[str]]) -> str:
+    """The panic text from its first matching line on."""
+    starts = [m.start() for p in patterns if (m := p.search(text))]
+    begin = text.rfind("\n", 0, min(starts)) + 1 if starts else 0
+    return text[begin:].replace("\r\n", "\n").strip()

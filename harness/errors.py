@@ -1,0 +1,112 @@
+"""The harness's one small exception tree.
+
+Every error carries a message for the user and, where one is known, a hint
+that says what to do. Context (argv, log tails, phase, diagnosis) travels as
+attributes so reports can attach it.
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """Base of all harness errors."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  what to do: {self.hint}"
+        return self.message
+
+
+class ConfigError(HarnessError):
+    """A bad option, config value, profile or input file."""
+
+
+class PreconditionError(HarnessError):
+    """The host lacks something the run needs (root, /dev/net/tun, QEMU, KVM...)."""
+
+
+class ImageError(ConfigError):
+    """A guest image is missing, corrupt, or of the wrong kind."""
+
+
+class QEMUError(HarnessError):
+    """QEMU failed to start or exited early."""
+
+    def __init__(self, message: str, *, exit_code: int | None, argv: list[str],
+                 log_tail: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+        self.argv = argv
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        import shlex
+
+        text = (f"{self.message} (exit code {self.exit_code})\n"
+                f"  argv: {shlex.join(self.argv)}\n"
+                f"  QEMU log tail:\n{_indent(self.log_tail)}")
+        if self.hint:
+            text += f"\n  what to do: {self.hint}"
+        return text
+
+
+class PhaseTimeout(HarnessError):
+    """A phase did not finish before its deadline.
+
+    `diagnosis` holds what was collected before anything was killed
+    (console tail, QMP status, counters...), keyed by what it is.
+    """
+
+    def __init__(self, phase: str, seconds: float, detail: str = "", *,
+                 diagnosis: dict[str, object] | None = None) -> None:
+        message = f"phase '{phase}' timed out after {seconds:.1f} s"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+        self.phase = phase
+        self.seconds = seconds
+        self.detail = detail
+        self.diagnosis: dict[str, object] = dict(diagnosis or {})
+
+    def __str__(self) -> str:
+        text = self.message
+        for key, value in self.diagnosis.items():
+            text += f"\n  {key}:\n{_indent(str(value))}"
+        return text
+
+
+class GuestPanic(HarnessError):
+    """The guest kernel panicked (or oopsed, or fell into its debugger)."""
+
+    def __init__(self, text: str, *, debugger_output: str = "") -> None:
+        super().__init__("guest kernel panic detected on the console")
+        self.text = text
+        self.debugger_output = debugger_output
+
+    def __str__(self) -> str:
+        text = f"{self.message}:\n{_indent(self.text)}"
+        if self.debugger_output:
+            text += f"\n  debugger:\n{_indent(self.debugger_output)}"
+        return text
+
+
+class CommandError(HarnessError):
+    """A command in the guest or on the host returned a non-zero status."""
+
+    def __init__(self, command: str, status: int, output: str, where: str) -> None:
+        super().__init__(f"{where}: command failed with status {status}: {command}")
+        self.command = command
+        self.status = status
+        self.output = output
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  output:\n{_indent(self.output[-4000:])}"
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines()) or prefix + "(empty)"

@@ -1,0 +1,144 @@
+"""A booted guest: host network + QEMU VM + console + SSH + OS profile.
+
+`boot_guest()` is the one place that puts the parts together, in order, with
+every part's undo registered next to its do (an ExitStack), so every path
+(success, failure, timeout, Ctrl-C) releases everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.accel import resolve_accel, resolve_vhost
+from harness.config import RunConfig
+from harness.console import Console
+from harness.deadline import Deadline
+from harness.errors import ConfigError
+from harness.guests import GuestProfile, get_profile
+from harness.host_tap import Counters, HostNetwork
+from harness.image import GuestImage, default_image
+from harness.ssh import KeyPair, SSHSession, parse_host_key
+from harness.vm import QemuVM, VMSpec
+
+log = logging.getLogger(__name__)
+
+DUT_MAC = "52:54:00:12:34:01"
+GUEST_CIDR = "10.0.0.1/24"
+HOST_CIDR = "10.0.0.2/24"
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(4)
+
+
+@dataclass
+class Guest:
+    config: RunConfig
+    profile: GuestProfile
+    image: GuestImage
+    net: HostNetwork
+    vm: QemuVM
+    console: Console
+    ssh: SSHSession
+    run_dir: Path
+    run_id: str
+    dut_ifname: str
+    timings: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ip(self) -> str:
+        return GUEST_CIDR.split("/")[0]
+
+    @property
+    def host_tap(self) -> str:
+        return self.net.taps[0]
+
+    def dut_counters(self) -> Counters:
+        return self.profile.interface_counters(self.ssh, self.dut_ifname)
+
+    def host_counters(self) -> Counters:
+        return self.net.counters(self.host_tap)
+
+    def configure_dut(self, cidr: str = GUEST_CIDR) -> None:
+        self.profile.set_address(self.ssh, self.dut_ifname, cidr)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"harness_version": __version__, **self.facts, "image": self.image.identity,
+                "run_id": self.run_id, "queues": self.config.queues, "vcpus": self.config.vcpus}
+
+
+def _writable_run_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".writable"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"the run directory {path} is not writable: {exc.strerror}",
+                          hint="pass --run-dir with a directory you can write to") from None
+    return path
+
+
+@contextmanager
+def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | None = None,
+               run_id: str | None = None,
+               announce: Callable[[str], None] | None = None) -> Iterator[Guest]:
+    """Boot a guest and yield it logged in on its console and over SSH."""
+    run_id = run_id or new_run_id()
+    profile = get_profile(config.guest)
+    image = GuestImage.load(config.image or default_image(profile.name), expect_os=profile.name)
+    run_dir = _writable_run_dir(run_dir)
+    accel, accel_reason = resolve_accel(config.accel, config.qemu)
+    vhost, vhost_reason = resolve_vhost(config.vhost)
+    timeouts = config.timeouts
+    with ExitStack() as stack:
+        net = stack.enter_context(HostNetwork(run_id, queues=config.queues, bridge_cidr=HOST_CIDR))
+        key = stack.enter_context(KeyPair(run_dir))
+        spec = VMSpec(image=image, name=run_id, accel=accel, vhost=vhost, memory_mb=config.memory_mb,
+                      vcpus=config.vcpus, queues=config.queues, mac=DUT_MAC,
+                      nic_props=dict(nic_props or {}), mgmt_model=profile.mgmt_nic_model, qemu=config.qemu)
+        vm = QemuVM(spec, net, run_dir, start_timeout=timeouts.qemu_start,
+                    shutdown_timeout=timeouts.teardown)
+        started = time.monotonic()
+        stack.enter_context(vm)
+        if announce:
+            announce(shlex.join(vm.argv))
+        console = stack.enter_context(Console(vm.console_socket, profile, log_path=vm.console_log))
+        console.connect(Deadline(timeouts.qemu_start, "console connect"))
+        vm.resume()
+        console.login(Deadline(timeouts.boot_to_console, "boot to console"),
+                      Deadline(timeouts.login, "login"))
+        timings = {"console_ready": time.monotonic() - started}
+        host_key = console.run(profile.host_key_command(), check=True).output
+        console.run(profile.authorize_key_command(key.public), check=True)
+        ssh = stack.enter_context(SSHSession("127.0.0.1", vm.ssh_port, key, parse_host_key(host_key)))
+        ssh.connect(Deadline(timeouts.ssh_ready, "SSH ready"))
+        timings["ssh_ready"] = time.monotonic() - started
+        facts = {**vm.facts, "accel_reason": accel_reason, "vhost_reason": vhost_reason,
+                 "host_cpu": host_cpu_model(), "host_kernel": os.uname().release}
+        guest = Guest(config, profile, image, net, vm, console, ssh, run_dir, run_id,
+                      profile.dut_ifname(ssh, DUT_MAC), timings, facts)
+        log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
+                 timings["console_ready"], timings["ssh_ready"], accel)
+        yield guest
+
+
+def host_cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

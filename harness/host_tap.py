@@ -1,0 +1,274 @@
+"""The host side of the datapath: a private network namespace holding a Linux
+bridge (with the host's address) and the TAP device(s) QEMU's virtio-net uses.
+
+Nothing is created in, or addressed in, the root namespace. QEMU itself stays
+in the root namespace: the TAP queues are opened inside the namespace and
+their file descriptors are handed to QEMU (`-netdev tap,fds=...`), as libvirt
+does. Counters are read through netlink (pyroute2), not by parsing `ip`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute, netns
+
+from harness import leases
+from harness.errors import ConfigError, HarnessError, PreconditionError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+CLONE_NEWNET = 0x40000000
+IFNAMSIZ = 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` on a short-lived thread that has entered namespace `name`.
+
+    setns() moves only the calling thread, so the rest of the process stays
+    where it is. File descriptors opened there (TAP queues, sockets) keep
+    belonging to that namespace after the thread ends.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{name}")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def open_tap_queue(ifname: str) -> int:
+    """Open (creating on first use) one queue of multiqueue TAP `ifname` in the
+    calling thread's namespace; the device lives while a queue fd is open."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack(f"{IFNAMSIZ}sH", ifname.encode(), flags))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Interface counters at one instant (netlink IFLA_STATS64 names)."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_dropped: int = 0
+    rx_errors: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0
+    tx_errors: int = 0
+
+    def __sub__(self, earlier: Counters) -> Counters:
+        return Counters(**{f.name: getattr(self, f.name) - getattr(earlier, f.name)
+                           for f in fields(self)})
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def check_host() -> None:
+    """Fail with one clear error when this host cannot make a test network."""
+    if os.geteuid() != 0:
+        raise PreconditionError(
+            "the harness must run as root (it creates network namespaces, bridges and TAPs)",
+            hint="run it with sudo, or as root in CI")
+    if not os.path.exists("/dev/net/tun"):
+        raise PreconditionError(
+            "/dev/net/tun is missing, so no TAP device can be made",
+            hint="load the tun module (modprobe tun) or give the container /dev/net/tun")
+    if shutil.which("ip") is None:
+        raise PreconditionError("the 'ip' command (iproute2) is missing",
+                                hint="apt-get install iproute2")
+
+
+class HostNetwork:
+    """Namespace + bridge + TAP(s) for one run. A context manager; close() is
+    idempotent and removes everything it made."""
+
+    def __init__(self, run_id: str, *, taps: int = 1, queues: int = 1,
+                 bridge_cidr: str = "10.0.0.2/24") -> None:
+        if not isinstance(queues, int) or queues < 1:
+            raise ConfigError(f"queues must be a whole number of at least 1, not {queues!r}",
+                              hint="use --queues 1 for a single queue pair")
+        if not isinstance(taps, int) or not 1 <= taps <= 99:
+            raise ConfigError(f"taps must be between 1 and 99, not {taps!r}")
+        if not run_id.isalnum() or len(run_id) > 10:
+            raise ConfigError(f"run id must be at most 10 letters or digits, not {run_id!r}")
+        self.run_id = run_id
+        self.queues = queues
+        self.bridge_cidr = bridge_cidr
+        self.netns = f"{leases.NETNS_PREFIX}{run_id}"
+        self.bridge = f"hb{run_id}"
+        self.taps = [f"ht{run_id}.{i}" for i in range(taps)]
+        self._fds: dict[str, list[int]] = {}
+        self._ipr: IPRoute | None = None
+        self._lease: leases.Lease | None = None
+
+    @property
+    def bridge_ip(self) -> str:
+        return self.bridge_cidr.split("/")[0]
+
+    # -- lifetime ---------------------------------------------------------
+    def __enter__(self) -> HostNetwork:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        check_host()
+        leases.sweep()
+        self._lease = leases.take("netns", self.netns, run_id=self.run_id)
+        try:
+            netns.create(self.netns)
+            in_netns(self.netns, self._quiet_namespace)
+            self._ipr = IPRoute(netns=self.netns)
+            ipr = self._ipr
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link("add", ifname=self.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            bridge_index = ipr.link_lookup(ifname=self.bridge)[0]
+            address, prefix = self.bridge_cidr.split("/")
+            ipr.addr("add", index=bridge_index, address=address, prefixlen=int(prefix))
+            ipr.link("set", index=bridge_index, state="up")
+            for tap in self.taps:
+                self._fds[tap] = in_netns(
+                    self.netns, lambda tap=tap: [open_tap_queue(tap) for _ in range(self.queues)])
+                index = ipr.link_lookup(ifname=tap)[0]
+                ipr.link("set", index=index, master=bridge_index, state="up")
+            log.info("host network up: netns %s, bridge %s (%s), taps %s x %d queues",
+                     self.netns, self.bridge, self.bridge_cidr, ",".join(self.taps), self.queues)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _quiet_namespace() -> None:
+        # No IPv6 autoconfiguration chatter (RS, MLD, DAD) on the test links:
+        # every packet on them should be one the scenario sent.
+        for conf in ("all", "default"):
+            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                f.write("1")
+
+    def close(self) -> None:
+        for fds in self._fds.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fds.clear()
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if self._lease is not None:
+            if self.netns in netns.listnetns():
+                netns.remove(self.netns)
+            self._lease.release()
+            self._lease = None
+
+    # -- use ------------------------------------------------------------
+    def tap_fds(self, index: int = 0) -> list[int]:
+        """The queue fds of TAP `index`, to pass to QEMU."""
+        return list(self._fds[self.taps[index]])
+
+    def _require_open(self) -> IPRoute:
+        if self._ipr is None:
+            raise HarnessError(f"host network {self.netns} is not open")
+        return self._ipr
+
+    def counters(self, ifname: str) -> Counters:
+        ipr = self._require_open()
+        links = ipr.link("get", ifname=ifname)
+        stats = links[0].get("IFLA_STATS64")
+        return Counters(**{f.name: int(stats.get(f.name, 0)) for f in fields(Counters)})
+
+    def link_state(self, ifname: str, up: bool) -> None:
+        ipr = self._require_open()
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up" if up else "down")
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` made to run inside the namespace."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def run(self, argv: list[str], *, timeout: float, check: bool = True,
+            **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(argv), capture_output=True, text=True,
+                              timeout=timeout, check=check, **kwargs)
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(self.command(argv), **kwargs)
+
+    def set_offloads(self, ifname: str, **features: bool) -> dict[str, bool]:
+        """Switch ethtool features of `ifname` (tx, sg, tso, gso, gro...) and
+        return what the device reports afterwards for those features."""
+        args: list[str] = []
+        for name, on in features.items():
+            args += [name, "on" if on else "off"]
+        self.run(["ethtool", "-K", ifname, *args], timeout=10)
+        return {name: state for name, state in self.offloads(ifname).items()
+                if name in _ETHTOOL_SHORT.values() or name in features}
+
+    def offloads(self, ifname: str) -> dict[str, bool]:
+        """Feature states of `ifname` as `ethtool -k` reports them, by short name
+        where one exists (tx, rx, sg, tso, gso, gro, lro), else by long name."""
+        out = self.run(["ethtool", "-k", ifname], timeout=10).stdout
+        return parse_ethtool_features(out)
+
+
+_ETHTOOL_SHORT = {
+    "rx-checksumming": "rx", "tx-checksumming": "tx", "scatter-gather": "sg",
+    "tcp-segmentation-offload": "tso", "generic-segmentation-offload": "gso",
+    "generic-receive-offload": "gro", "large-receive-offload": "lro",
+}
+
+
+def parse_ethtool_features(text: str) -> dict[str, bool]:
+    """Parse `ethtool -k` output into {name: on}."""
+    result: dict[str, bool] = {}
+    for line in text.splitlines():
+        if ":" not in line or line.startswith("Features for"):
+            continue
+        name, _, value = line.strip().partition(":")
+        words = value.split()
+        if not words or words[0] not in ("on", "off"):
+            continue
+        result[_ETHTOOL_SHORT.get(name, name)] = words[0] == "on"
+    return result
