@@ -1,0 +1,128 @@
+"""The `harness` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from harness import __version__, doctor
+from harness.errors import ConfigError, HarnessError
+from harness.image import REPO_ROOT
+from harness.options import OPTIONS, config_from
+
+SCENARIOS_DIR = REPO_ROOT / "scenarios"
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        parser.add_argument(option.flag, **option.kwargs())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="show what this host can do (root, TAP, KVM, vhost, QEMU, images)")
+    p.add_argument("--qemu", default="qemu-system-x86_64")
+
+    p = sub.add_parser("boot", help="boot a guest on a private TAP/bridge network, for a look or one command")
+    _add_run_options(p)
+    p.add_argument("--command", dest="guest_command", help="run this in the guest over SSH, print, tear down")
+    p.add_argument("--console-command", help="run this on the guest's serial console, print, tear down")
+
+    p = sub.add_parser("run", help="run scenarios with pytest (default: all in scenarios/)")
+    _add_run_options(p)
+    p.add_argument("scenarios", nargs="*", help="scenario names, e.g. smoke guest_tx (default: all)")
+    p.add_argument("--pytest-args", default="", help="extra pytest arguments, as one string")
+    return parser
+
+
+def scenario_paths(names: Sequence[str]) -> list[str]:
+    available = sorted(p.stem.removeprefix("test_") for p in SCENARIOS_DIR.glob("test_*.py"))
+    if not names:
+        return [str(SCENARIOS_DIR)]
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ConfigError(f"unknown scenario {', '.join(map(repr, unknown))}",
+                          hint=f"scenarios are: {', '.join(available)}")
+    return [str(SCENARIOS_DIR / f"test_{n}.py") for n in names]
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor.run_checks(args.qemu)
+    print(doctor.format_table(checks))
+    ok = doctor.tcg_path_ok(checks)
+    print("\nthe TCG path can run here" if ok else "\nthe harness cannot run here: see the 'no' lines above")
+    return 0 if ok else 1
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from harness.guest import boot_guest
+
+    config = config_from(vars(args))
+    run_dir = config.run_dir / "boot"
+    announce = (lambda argv: print(f"QEMU: {argv}", flush=True)) if config.show_qemu else None
+    with boot_guest(config, run_dir, announce=announce) as guest:
+        print(f"guest up: console in {guest.timings['console_ready']:.1f} s, "
+              f"SSH in {guest.timings['ssh_ready']:.1f} s, accelerator {guest.facts['accel']}", flush=True)
+        if args.console_command:
+            result = guest.console.run(args.console_command, timeout=config.timeouts.trial)
+        elif args.guest_command:
+            result = guest.ssh.run(args.guest_command, timeout=config.timeouts.trial)
+        else:
+            print(f"  ssh -i {guest.ssh.key.path} -p {guest.vm.ssh_port} root@127.0.0.1\n"
+                  f"  host side: ip netns exec {guest.net.netns} bash\n"
+                  f"  console log: {guest.vm.console_log}\nCtrl-C to tear down", flush=True)
+            _wait_for_interrupt()
+            return 0
+        sys.stdout.write(result.output)
+        return result.status
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import shlex
+
+    import pytest
+
+    config_from(vars(args))  # validate before pytest starts
+    pytest_args = scenario_paths(args.scenarios)
+    for option in OPTIONS:
+        value = getattr(args, option.dest)
+        if value is None or value is False:
+            continue
+        pytest_args += [option.flag] if value is True else [option.flag, str(value)]
+    pytest_args += shlex.split(args.pytest_args)
+    return int(pytest.main(pytest_args, plugins=[]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "run": cmd_run}
+    try:
+        return handlers[args.command](args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

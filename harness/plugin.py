@@ -1,0 +1,145 @@
+"""The pytest plugin: options, session fixtures for the host network and a
+booted guest, and a failure hook that attaches the guest's logs.
+
+Missing preconditions (not root, no image) skip with the reason; a demanded
+one (--accel kvm, --vhost on, an explicit --image) is an error. With
+HARNESS_STRICT=1 (CI) every such skip is an error too, so CI cannot pass by
+skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.config import RunConfig
+from harness.errors import HarnessError, ImageError, PreconditionError
+from harness.guest import Guest, boot_guest, new_run_id
+from harness.host_tap import HostNetwork
+from harness.options import OPTIONS, config_from
+
+_ACTIVE: list[Guest] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "virtio-net / netmap test harness")
+    for option in OPTIONS:
+        group.addoption(option.flag, **option.kwargs())
+
+
+def _strict() -> bool:
+    return os.environ.get("HARNESS_STRICT", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def run_config(pytestconfig: pytest.Config) -> RunConfig:
+    values = {o.dest: pytestconfig.getoption(o.dest) for o in OPTIONS}
+    return config_from(values)
+
+
+@pytest.fixture(scope="session")
+def session_dir(run_config: RunConfig, worker_id: str = "master") -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    path = run_config.run_dir / f"{stamp}-{new_run_id()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _demanded(config: RunConfig, exc: HarnessError) -> bool:
+    if isinstance(exc, ImageError):
+        return config.image is not None
+    text = str(exc)
+    return "--accel kvm" in text or "--vhost on" in text
+
+
+@contextmanager
+def _booted(config: RunConfig, run_dir: Path, request: pytest.FixtureRequest,
+            nic_props: dict[str, str] | None = None) -> Iterator[Guest]:
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    announce = None
+    if config.show_qemu and reporter is not None:
+        def announce(argv: str) -> None:
+            reporter.write_line(f"QEMU: {argv}")
+    try:
+        cm = boot_guest(config, run_dir, nic_props=nic_props, announce=announce)
+        guest = cm.__enter__()
+    except (PreconditionError, ImageError) as exc:
+        if _demanded(config, exc) or _strict():
+            raise
+        pytest.skip(f"cannot boot a guest here: {exc}")
+    _ACTIVE.append(guest)
+    try:
+        yield guest
+    finally:
+        _ACTIVE.remove(guest)
+        cm.__exit__(*sys.exc_info())
+
+
+@pytest.fixture(scope="session")
+def guest(run_config: RunConfig, session_dir: Path, request: pytest.FixtureRequest) -> Iterator[Guest]:
+    """The default guest, booted once per session (per xdist worker)."""
+    with _booted(run_config, session_dir / "guest-default", request) as booted:
+        yield booted
+        _keep_vm_pause(run_config, booted)
+
+
+@pytest.fixture(scope="session")
+def host_network(guest: Guest) -> HostNetwork:
+    """The default guest's host side: namespace, bridge, TAP."""
+    return guest.net
+
+
+@pytest.fixture
+def boot(run_config: RunConfig, session_dir: Path, request: pytest.FixtureRequest
+         ) -> Iterator[Callable[..., AbstractContextManager[Guest]]]:
+    """Boot a further guest for one test, e.g. with other NIC properties:
+    `with boot(nic_props={"csum": "off"}) as g: ...`."""
+    stack = ExitStack()
+    count = 0
+
+    def factory(*, nic_props: dict[str, str] | None = None, **changes: Any) -> AbstractContextManager[Guest]:
+        nonlocal count
+        count += 1
+        config = run_config.with_changes(**changes)
+        run_dir = session_dir / f"{request.node.name}-{count}".replace("/", "_")
+        return _booted(config, run_dir, request, nic_props)
+
+    with stack:
+        yield factory
+
+
+def _keep_vm_pause(config: RunConfig, guest: Guest) -> None:
+    if not config.keep_vm:
+        return
+    if not sys.stdin.isatty():
+        print("--keep-vm ignored: no terminal to wait on", file=sys.stderr)
+        return
+    print(f"\nguest {guest.run_id} kept up:\n"
+          f"  ssh -i {guest.ssh.key.path} -p {guest.vm.ssh_port} root@127.0.0.1\n"
+          f"  console: socat -,raw,echo=0 UNIX-CONNECT:{guest.vm.console_socket}\n"
+          f"  host side: ip netns exec {guest.net.netns} bash\n"
+          "press Enter to tear it down", file=sys.stderr)
+    try:
+        input()
+    except EOFError:
+        pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for guest in list(_ACTIVE):
+        report.sections.append((f"guest {guest.run_id} console log (tail of {guest.vm.console_log})",
+                                guest.vm.console_tail(80)))
+        report.sections.append((f"guest {guest.run_id} QEMU log (tail of {guest.vm.qemu_log})",
+                                guest.vm.log_tail(30) or "(empty)"))
