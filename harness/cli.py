@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -85,10 +86,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def _wait_for_interrupt() -> None:
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
-    except KeyboardInterrupt:
-        pass
 
 
 def cmd_run(args: argparse.Namespace) -> int:

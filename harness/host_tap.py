@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 
-from harness import leases
+from harness import ethtool, leases
 from harness.errors import ConfigError, HarnessError, PreconditionError
 
 log = logging.getLogger(__name__)
@@ -243,32 +243,9 @@ class HostNetwork:
         for name, on in features.items():
             args += [name, "on" if on else "off"]
         self.run(["ethtool", "-K", ifname, *args], timeout=10)
-        return {name: state for name, state in self.offloads(ifname).items()
-                if name in _ETHTOOL_SHORT.values() or name in features}
+        return self.offloads(ifname)
 
     def offloads(self, ifname: str) -> dict[str, bool]:
-        """Feature states of `ifname` as `ethtool -k` reports them, by short name
-        where one exists (tx, rx, sg, tso, gso, gro, lro), else by long name."""
-        out = self.run(["ethtool", "-k", ifname], timeout=10).stdout
-        return parse_ethtool_features(out)
-
-
-_ETHTOOL_SHORT = {
-    "rx-checksumming": "rx", "tx-checksumming": "tx", "scatter-gather": "sg",
-    "tcp-segmentation-offload": "tso", "generic-segmentation-offload": "gso",
-    "generic-receive-offload": "gro", "large-receive-offload": "lro",
-}
-
-
-def parse_ethtool_features(text: str) -> dict[str, bool]:
-    """Parse `ethtool -k` output into {name: on}."""
-    result: dict[str, bool] = {}
-    for line in text.splitlines():
-        if ":" not in line or line.startswith("Features for"):
-            continue
-        name, _, value = line.strip().partition(":")
-        words = value.split()
-        if not words or words[0] not in ("on", "off"):
-            continue
-        result[_ETHTOOL_SHORT.get(name, name)] = words[0] == "on"
-    return result
+        """The main offloads of `ifname` (rx, tx, sg, tso, gso, gro, lro) as
+        `ethtool -k` reports them."""
+        return ethtool.offload_states(self.run(["ethtool", "-k", ifname], timeout=10).stdout)

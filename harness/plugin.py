@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +126,8 @@ def _keep_vm_pause(config: RunConfig, guest: Guest) -> None:
           f"  console: socat -,raw,echo=0 UNIX-CONNECT:{guest.vm.console_socket}\n"
           f"  host side: ip netns exec {guest.net.netns} bash\n"
           "press Enter to tear it down", file=sys.stderr)
-    try:
+    with suppress(EOFError):
         input()
-    except EOFError:
-        pass
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,11 +1,16 @@
-"""The interface every guest OS profile fills in."""
+"""The interface every guest OS profile fills in.
+
+A profile knows its OS's prompts, names and commands, and parses what those
+commands print. It never holds a connection: every method that asks the guest
+something takes a Runner (the console or SSH) and returns plain data.
+"""
 
 from __future__ import annotations
 
 import re
 import shlex
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.command import Runner
 from harness.host_tap import Counters
@@ -13,9 +18,30 @@ from harness.host_tap import Counters
 
 @dataclass(frozen=True)
 class ConsolePatterns:
+    """Regexes (matched with re.MULTILINE) for what the console shows."""
+
     login: str
     shell: str
     password: str = r"[Pp]assword: ?$"
+
+
+@dataclass(frozen=True)
+class NetmapRings:
+    """netmap's view of the NIC under test, as the guest kernel logged it."""
+
+    tx_rings: int
+    tx_slots: int
+    rx_rings: int
+    rx_slots: int
+    mode: str = "native"  # native | emulated
+
+
+@dataclass(frozen=True)
+class VirtioFeatures:
+    """Negotiated virtio feature bits of the NIC under test."""
+
+    bits: int
+    names: tuple[str, ...] = field(default_factory=tuple)
 
 
 class GuestProfile(ABC):
@@ -34,8 +60,11 @@ class GuestProfile(ABC):
     kernel_line: re.Pattern[str]
     # Console text that means the kernel died or is dying.
     panic_patterns: tuple[str, ...] = ()
+    # The kernel debugger's prompt and what to ask it after a panic.
     debugger_prompt: str | None = None
     debugger_commands: tuple[str, ...] = ()
+    # Where netmap's programs are looked for, in order.
+    netmap_tool_dirs: tuple[str, ...] = ("/usr/local/bin", "/usr/bin", "/root/netmap")
 
     host_key_path = "/etc/ssh/ssh_host_ed25519_key.pub"
 
@@ -48,6 +77,17 @@ class GuestProfile(ABC):
                 f"printf '%s\\n' {key} > /root/.ssh/authorized_keys && "
                 f"chmod 600 /root/.ssh/authorized_keys")
 
+    def tool_path(self, runner: Runner, tool: str) -> str | None:
+        """Where `tool` (pkt-gen, bridge) is in the guest, or None."""
+        candidates = " ".join(shlex.quote(f"{d}/{tool}") for d in self.netmap_tool_dirs)
+        out = runner.run(f"for p in {candidates}; do [ -x \"$p\" ] && echo \"$p\" && break; done; "
+                         f"command -v {shlex.quote(tool)} || true").output.split()
+        return out[0] if out else None
+
+    def netmap_present(self, runner: Runner) -> bool:
+        return runner.run("test -c /dev/netmap").status == 0
+
+    # -- what each OS must say for itself ---------------------------------
     @abstractmethod
     def dut_ifname(self, runner: Runner, mac: str) -> str:
         """The guest's name for the NIC under test (found by its MAC)."""
@@ -59,3 +99,32 @@ class GuestProfile(ABC):
     @abstractmethod
     def set_address(self, runner: Runner, ifname: str, cidr: str) -> None:
         """Give the NIC an address and bring it up."""
+
+    @abstractmethod
+    def disable_offloads(self, runner: Runner, ifname: str) -> dict[str, bool]:
+        """Switch every offload of the NIC off as far as the guest can, and
+        return the offload states read back afterwards ({name: on})."""
+
+    @abstractmethod
+    def offload_states(self, runner: Runner, ifname: str) -> dict[str, bool]:
+        """The NIC's offloads as the guest reports them ({name: on})."""
+
+    @abstractmethod
+    def negotiated_features(self, runner: Runner, ifname: str) -> VirtioFeatures | None:
+        """The virtio features the driver negotiated, or None if unreadable."""
+
+    @abstractmethod
+    def queue_pairs(self, runner: Runner, ifname: str) -> int | None:
+        """Active queue pairs of the NIC."""
+
+    @abstractmethod
+    def interrupt_counts(self, runner: Runner, ifname: str) -> dict[str, int]:
+        """Interrupts delivered so far per vector of the NIC's virtio device."""
+
+    @abstractmethod
+    def netmap_rings(self, runner: Runner, ifname: str) -> NetmapRings | None:
+        """netmap rings/slots of the NIC from the kernel log, or None."""
+
+    @abstractmethod
+    def kernel_identity(self, runner: Runner) -> dict[str, str]:
+        """What identifies the running kernel (release, version string, ...)."""

@@ -5,13 +5,27 @@ from __future__ import annotations
 import re
 import shlex
 
+from harness import ethtool
 from harness.command import Runner
 from harness.errors import HarnessError
-from harness.guests.base import ConsolePatterns, GuestProfile
+from harness.guests.base import ConsolePatterns, GuestProfile, NetmapRings, VirtioFeatures
 from harness.host_tap import Counters
 
 _COUNTER_FILES = ("rx_packets", "rx_bytes", "rx_dropped", "rx_errors",
                   "tx_packets", "tx_bytes", "tx_dropped", "tx_errors")
+
+# virtio-net feature bits (virtio spec 5.1.3) and common transport bits.
+VIRTIO_NET_FEATURES = {
+    0: "CSUM", 1: "GUEST_CSUM", 2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC",
+    7: "GUEST_TSO4", 8: "GUEST_TSO6", 9: "GUEST_ECN", 10: "GUEST_UFO",
+    11: "HOST_TSO4", 12: "HOST_TSO6", 13: "HOST_ECN", 14: "HOST_UFO",
+    15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ", 18: "CTRL_RX", 19: "CTRL_VLAN",
+    21: "GUEST_ANNOUNCE", 22: "MQ", 23: "CTRL_MAC_ADDR",
+    28: "RING_INDIRECT_DESC", 29: "RING_EVENT_IDX", 32: "VERSION_1",
+    33: "ACCESS_PLATFORM", 34: "RING_PACKED", 35: "IN_ORDER",
+}
+
+_NETMAP_RINGS = re.compile(r"(?P<if>\S+): netmap queues/slots: TX (?P<tr>\d+)/(?P<ts>\d+), RX (?P<rr>\d+)/(?P<rs>\d+)")
 
 
 class LinuxProfile(GuestProfile):
@@ -40,6 +54,44 @@ class LinuxProfile(GuestProfile):
         runner.run(f"ip addr flush dev {dev} && ip addr add {shlex.quote(cidr)} dev {dev} && "
                    f"ip link set {dev} up", check=True)
 
+    def offload_states(self, runner: Runner, ifname: str) -> dict[str, bool]:
+        return ethtool.offload_states(runner.run(f"ethtool -k {shlex.quote(ifname)}", check=True).output)
+
+    def disable_offloads(self, runner: Runner, ifname: str) -> dict[str, bool]:
+        dev = shlex.quote(ifname)
+        # One feature at a time: ethtool refuses the whole list if one is fixed.
+        runner.run("; ".join(f"ethtool -K {dev} {name} off 2>/dev/null" for name in ethtool.OFFLOADS) + "; true")
+        return self.offload_states(runner, ifname)
+
+    def negotiated_features(self, runner: Runner, ifname: str) -> VirtioFeatures | None:
+        result = runner.run(f"cat /sys/class/net/{shlex.quote(ifname)}/device/features")
+        if not result.ok:
+            return None
+        return parse_virtio_feature_string(result.output)
+
+    def queue_pairs(self, runner: Runner, ifname: str) -> int | None:
+        out = runner.run(f"ls -d /sys/class/net/{shlex.quote(ifname)}/queues/rx-* | wc -l").output.strip()
+        return int(out) if out.isdigit() and int(out) > 0 else None
+
+    def interrupt_counts(self, runner: Runner, ifname: str) -> dict[str, int]:
+        out = runner.run(f"v=$(basename $(readlink /sys/class/net/{shlex.quote(ifname)}/device)); "
+                         "grep \" $v-\" /proc/interrupts", check=True).output
+        return parse_proc_interrupts(out)
+
+    def netmap_rings(self, runner: Runner, ifname: str) -> NetmapRings | None:
+        out = runner.run("dmesg | grep -i netmap").output
+        rings = None
+        for match in _NETMAP_RINGS.finditer(out):
+            if match["if"] == ifname:
+                rings = NetmapRings(int(match["tr"]), int(match["ts"]), int(match["rr"]), int(match["rs"]))
+        if rings is None and re.search(rf"(Emulated adapter|generic).*{re.escape(ifname)}", out):
+            return NetmapRings(1, 0, 1, 0, mode="emulated")
+        return rings
+
+    def kernel_identity(self, runner: Runner) -> dict[str, str]:
+        out = runner.run("uname -r; uname -v", check=True).output.splitlines()
+        return {"release": out[0].strip(), "version": out[1].strip() if len(out) > 1 else ""}
+
 
 def parse_sysfs_counters(text: str) -> Counters:
     """Parse `grep . rx_packets ...` output (name:value per line)."""
@@ -52,3 +104,24 @@ def parse_sysfs_counters(text: str) -> Counters:
     if missing:
         raise HarnessError(f"guest interface counters incomplete, missing {sorted(missing)}: {text!r}")
     return Counters(**values)
+
+
+def parse_virtio_feature_string(text: str) -> VirtioFeatures:
+    """/sys/.../device/features is one character per bit, bit 0 first."""
+    bits = text.strip()
+    value = sum(1 << i for i, c in enumerate(bits) if c == "1")
+    names = tuple(VIRTIO_NET_FEATURES[i] for i in sorted(VIRTIO_NET_FEATURES) if value >> i & 1)
+    return VirtioFeatures(value, names)
+
+
+def parse_proc_interrupts(text: str) -> dict[str, int]:
+    """Per-vector totals (summed over CPUs) from /proc/interrupts lines."""
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or not fields[0].endswith(":"):
+            continue
+        numbers = [int(f) for f in fields[1:] if f.isdigit()]
+        name = fields[-1]
+        counts[name] = counts.get(name, 0) + sum(numbers)
+    return counts
