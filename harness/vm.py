@@ -35,6 +35,7 @@ DUT_PCI_SLOT = 3   # the NIC under test probes first: eth0 / vtnet0
 MGMT_PCI_SLOT = 4
 DISK_PCI_SLOT = 5
 MGMT_GUEST_IP = "10.0.2.15"  # QEMU user-mode networking's default guest address
+FIRMWARE = {"bios": None, "uefi": "/usr/share/OVMF/OVMF_CODE.fd"}
 
 
 @dataclass
@@ -54,6 +55,9 @@ class VMSpec:
     mgmt_mac: str = "52:54:00:ff:00:01"
     machine: str = "q35"
     qemu: str = "qemu-system-x86_64"
+    # Image provisioning needs the package mirror; test runs never do.
+    mgmt_restrict: bool = True
+    firmware: str = "bios"              # bios (SeaBIOS) | uefi (OVMF)
     extra_args: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -66,11 +70,14 @@ class VMSpec:
                               hint="use --queues 1 for a single queue pair")
         if self.accel not in ("kvm", "tcg"):
             raise ConfigError(f"accel must be resolved to kvm or tcg, not {self.accel!r}")
+        if self.firmware not in FIRMWARE:
+            raise ConfigError(f"firmware must be one of {', '.join(FIRMWARE)}, not {self.firmware!r}")
 
 
-def build_argv(spec: VMSpec, *, tap_fds: list[int], overlay: Path, run_dir: Path,
+def build_argv(spec: VMSpec, *, tap_fds: list[int] | None, overlay: Path, run_dir: Path,
                ssh_port: int) -> list[str]:
-    """The full QEMU argv (a list, never a shell string)."""
+    """The full QEMU argv (a list, never a shell string). Without `tap_fds`
+    the VM has no NIC under test (image provisioning)."""
     image = spec.image
     accel = f"{spec.machine},accel={spec.accel}"
     cpu = "host" if spec.accel == "kvm" else "max"
@@ -84,21 +91,27 @@ def build_argv(spec: VMSpec, *, tap_fds: list[int], overlay: Path, run_dir: Path
             "-serial", "chardev:con0",
             "-drive", f"file={overlay},if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap",
             "-device", f"virtio-blk-pci,drive=disk0,addr={DISK_PCI_SLOT:#x}"]
+    firmware = FIRMWARE[spec.firmware]
+    if firmware:
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={firmware}"]
     if image.kernel is not None:
         argv += ["-kernel", str(image.kernel)]
         if image.initrd is not None:
             argv += ["-initrd", str(image.initrd)]
         argv += ["-append", f"{image.cmdline} harness.mgmt_mac={spec.mgmt_mac}".strip()]
-    netdev = f"tap,id=dut0,fds={':'.join(map(str, tap_fds))},vhost={'on' if spec.vhost else 'off'}"
-    device = f"virtio-net-pci,netdev=dut0,id=dutnic0,mac={spec.mac},addr={DUT_PCI_SLOT:#x}"
-    if spec.queues > 1:
-        device += f",mq=on,vectors={2 * spec.queues + 2}"
-    for key, value in spec.nic_props.items():
-        device += f",{key}={value}"
-    argv += ["-netdev", netdev, "-device", device]
+    if tap_fds:
+        netdev = f"tap,id=dut0,fds={':'.join(map(str, tap_fds))},vhost={'on' if spec.vhost else 'off'}"
+        device = f"virtio-net-pci,netdev=dut0,id=dutnic0,mac={spec.mac},addr={DUT_PCI_SLOT:#x}"
+        if spec.queues > 1:
+            device += f",mq=on,vectors={2 * spec.queues + 2}"
+        for key, value in spec.nic_props.items():
+            device += f",{key}={value}"
+        argv += ["-netdev", netdev, "-device", device]
     # Management channel: user-mode networking that can reach nothing but the
     # forwarded SSH port on 127.0.0.1 (restrict=on).
-    argv += ["-netdev", f"user,id=mgmt0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-{MGMT_GUEST_IP}:22",
+    restrict = "on" if spec.mgmt_restrict else "off"
+    argv += ["-netdev", f"user,id=mgmt0,restrict={restrict},"
+                        f"hostfwd=tcp:127.0.0.1:{ssh_port}-{MGMT_GUEST_IP}:22",
              "-device", f"{spec.mgmt_model},netdev=mgmt0,mac={spec.mgmt_mac},addr={MGMT_PCI_SLOT:#x}"]
     return argv + list(spec.extra_args)
 
@@ -125,7 +138,7 @@ class QemuVM:
     """One QEMU process. Start with `with QemuVM(...) as vm:`; it comes up
     paused, `resume()` lets the guest run."""
 
-    def __init__(self, spec: VMSpec, network: HostNetwork, run_dir: Path, *,
+    def __init__(self, spec: VMSpec, network: HostNetwork | None, run_dir: Path, *,
                  start_timeout: float = 20.0, shutdown_timeout: float = 10.0) -> None:
         spec.validate()
         self.spec = spec
@@ -188,7 +201,7 @@ class QemuVM:
     def _launch(self) -> None:
         for stale in (self.console_socket, self.run_dir / "qmp.sock"):
             stale.unlink(missing_ok=True)
-        fds = self.network.tap_fds(0)
+        fds = self.network.tap_fds(0) if self.network is not None else []
         self.argv = build_argv(self.spec, tap_fds=fds, overlay=self.overlay,
                                run_dir=self.run_dir, ssh_port=self.ssh_port)
         (self.run_dir / "qemu.argv").write_text(shlex.join(self.argv) + "\n")
