@@ -124,11 +124,17 @@ class Console:
                 break
         return out
 
+    def recover(self, timeout: float = 15.0) -> None:
+        """After a command timed out: interrupt it and wait until the shell
+        answers a fresh marker command again."""
+        self.send_interrupt()
+        self.run("true", timeout=timeout, check=True)
+
     def sendline(self, text: str = "") -> None:
         self.spawn.sendline(text)
 
     def send_interrupt(self) -> None:
-        self.spawn.sendcontrol("c")
+        self.spawn.send("\x03")
 
     # -- login ----------------------------------------------------------------
     def wait_for_prompt(self, deadline: Deadline, *, nudge_every: float = 3.0) -> int:

@@ -25,10 +25,10 @@ from harness.console import Console
 from harness.deadline import Deadline
 from harness.errors import ConfigError
 from harness.guests import GuestProfile, get_profile
-from harness.host_tap import Counters, HostNetwork
+from harness.host_tap import Counters, HostNetwork, check_host
 from harness.image import GuestImage, default_image
 from harness.ssh import KeyPair, SSHSession, parse_host_key
-from harness.vm import QemuVM, VMSpec
+from harness.vm import QemuVM, VMSpec, require_qemu
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,8 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
     profile = get_profile(config.guest)
     image = GuestImage.load(config.image or default_image(profile.name), expect_os=profile.name)
     run_dir = _writable_run_dir(run_dir)
+    check_host()
+    require_qemu(config.qemu)
     accel, accel_reason = resolve_accel(config.accel, config.qemu)
     vhost, vhost_reason = resolve_vhost(config.vhost)
     timeouts = config.timeouts

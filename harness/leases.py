@@ -152,3 +152,13 @@ def sweep() -> list[str]:
     for item in removed:
         log.info("removed leftover of an earlier run: %s", item)
     return removed
+
+
+def held_by(pid: int) -> list[str]:
+    """Leases `pid` still holds: resources it made and has not yet released."""
+    held = []
+    for path in sorted(state_dir().glob("*.json")):
+        lease = _load(path)
+        if lease is not None and lease.owner_pid == pid:
+            held.append(f"{lease.kind} {lease.name}")
+    return held

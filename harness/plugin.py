@@ -141,3 +141,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                                 guest.vm.console_tail(80)))
         report.sections.append((f"guest {guest.run_id} QEMU log (tail of {guest.vm.qemu_log})",
                                 guest.vm.log_tail(30) or "(empty)"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Nothing the harness made may outlive the session that made it."""
+    from harness.leases import held_by
+
+    left = held_by(os.getpid())
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "harness resources left behind by this session: " + ", ".join(left)
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -126,6 +126,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def require_qemu(qemu: str) -> None:
+    for program in (qemu, "qemu-img"):
+        if shutil.which(program) is None:
+            raise PreconditionError(f"QEMU is not installed ({program} not found)",
+                                    hint="apt-get install qemu-system-x86 qemu-utils")
+
+
 def qemu_version(qemu: str) -> str:
     try:
         out = subprocess.run([qemu, "--version"], capture_output=True, text=True, timeout=10).stdout
@@ -166,9 +173,7 @@ class QemuVM:
         self.shutdown()
 
     def start(self) -> None:
-        if shutil.which(self.spec.qemu) is None:
-            raise PreconditionError(f"QEMU is not installed ({self.spec.qemu} not found)",
-                                    hint="apt-get install qemu-system-x86 qemu-utils")
+        require_qemu(self.spec.qemu)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._make_overlay()

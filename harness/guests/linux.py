@@ -31,7 +31,8 @@ _NETMAP_RINGS = re.compile(r"(?P<if>\S+): netmap queues/slots: TX (?P<tr>\d+)/(?
 class LinuxProfile(GuestProfile):
     name = "linux"
     patterns = ConsolePatterns(login=r"\S+ login: ?$", shell=r"\S+@[\w.-]+:[^\r\n]*[#$] ?$")
-    shell_setup = ("stty -echo", "set +m", "export TERM=dumb HISTFILE=/dev/null PS1='# '")
+    shell_setup = ("stty -echo", "bind 'set enable-bracketed-paste off'", "set +m",
+                   "export TERM=dumb HISTFILE=/dev/null PS1='# '")
     kernel_line = re.compile(r"^\[\s*\d+\.\d+\] ")
     panic_patterns = (r"Kernel panic - not syncing", r"\] BUG: ", r"\] Oops: ")
 
