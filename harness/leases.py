@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -97,7 +98,11 @@ def _undo_process(lease: Lease) -> None:
 
 
 def _undo_file(lease: Lease) -> None:
-    Path(str(lease.data["path"])).unlink(missing_ok=True)
+    path = Path(str(lease.data["path"]))
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 UNDO = {"netns": _undo_netns, "process": _undo_process, "file": _undo_file}

@@ -75,7 +75,7 @@ class VMSpec:
 
 
 def build_argv(spec: VMSpec, *, tap_fds: list[int] | None, overlay: Path, run_dir: Path,
-               ssh_port: int) -> list[str]:
+               socket_dir: Path, ssh_port: int) -> list[str]:
     """The full QEMU argv (a list, never a shell string). Without `tap_fds`
     the VM has no NIC under test (image provisioning)."""
     image = spec.image
@@ -85,8 +85,8 @@ def build_argv(spec: VMSpec, *, tap_fds: list[int] | None, overlay: Path, run_di
             "-machine", accel, "-cpu", cpu, "-smp", str(spec.vcpus), "-m", str(spec.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
             "-S",  # start paused: the harness resumes once it listens on the console
-            "-qmp", f"unix:{run_dir / 'qmp.sock'},server=on,wait=off",
-            "-chardev", f"socket,id=con0,path={run_dir / 'console.sock'},server=on,wait=off,"
+            "-qmp", f"unix:{socket_dir / 'qmp.sock'},server=on,wait=off",
+            "-chardev", f"socket,id=con0,path={socket_dir / 'console.sock'},server=on,wait=off,"
                         f"logfile={run_dir / 'console.log'}",
             "-serial", "chardev:con0",
             "-drive", f"file={overlay},if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap",
@@ -154,7 +154,10 @@ class QemuVM:
         self.start_timeout = start_timeout
         self.shutdown_timeout = shutdown_timeout
         self.overlay = run_dir / "overlay.qcow2"
-        self.console_socket = run_dir / "console.sock"
+        # UNIX socket paths must stay under 108 bytes, run dirs may not.
+        self.socket_dir = leases.state_dir().parent / "sock" / spec.name
+        self.console_socket = self.socket_dir / "console.sock"
+        self.qmp_socket = self.socket_dir / "qmp.sock"
         self.console_log = run_dir / "console.log"
         self.qemu_log = run_dir / "qemu.log"
         self.argv: list[str] = []
@@ -193,6 +196,8 @@ class QemuVM:
             raise
 
     def _make_overlay(self) -> None:
+        self._leases.append(leases.take("file", f"sockets-{self.spec.name}", path=str(self.socket_dir)))
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
         self._leases.append(leases.take("file", f"overlay-{self.spec.name}", path=str(self.overlay)))
         self.overlay.unlink(missing_ok=True)
         proc = subprocess.run(
@@ -204,11 +209,11 @@ class QemuVM:
                             argv=proc.args, log_tail=proc.stderr)
 
     def _launch(self) -> None:
-        for stale in (self.console_socket, self.run_dir / "qmp.sock"):
+        for stale in (self.console_socket, self.qmp_socket):
             stale.unlink(missing_ok=True)
         fds = self.network.tap_fds(0) if self.network is not None else []
-        self.argv = build_argv(self.spec, tap_fds=fds, overlay=self.overlay,
-                               run_dir=self.run_dir, ssh_port=self.ssh_port)
+        self.argv = build_argv(self.spec, tap_fds=fds, overlay=self.overlay, run_dir=self.run_dir,
+                               socket_dir=self.socket_dir, ssh_port=self.ssh_port)
         (self.run_dir / "qemu.argv").write_text(shlex.join(self.argv) + "\n")
         log.info("starting QEMU: %s", shlex.join(self.argv))
         lease = leases.take("process", f"qemu-{self.spec.name}", argv0=self.spec.qemu)
@@ -219,9 +224,8 @@ class QemuVM:
                                          start_new_session=True, preexec_fn=_die_with_parent)
         lease.update(pid=self.proc.pid, start_time=leases.process_start_time(self.proc.pid))
         deadline = Deadline(self.start_timeout, "QEMU start")
-        qmp_path = self.run_dir / "qmp.sock"
-        deadline.wait_for(lambda: self._check_alive() or qmp_path.exists(), "the QMP socket")
-        self.qmp = QEMUMonitorProtocol(str(qmp_path))
+        deadline.wait_for(lambda: self._check_alive() or self.qmp_socket.exists(), "the QMP socket")
+        self.qmp = QEMUMonitorProtocol(str(self.qmp_socket))
         self.qmp.connect(negotiate=True)
         self.qmp.settimeout(max(1.0, deadline.remaining()))
 
@@ -301,8 +305,8 @@ class QemuVM:
             with contextlib.suppress(Exception):
                 self.qmp.close()
             self.qmp = None
-        for path in (self.console_socket, self.run_dir / "qmp.sock", self.overlay):
-            path.unlink(missing_ok=True)
+        self.overlay.unlink(missing_ok=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
         for lease in reversed(self._leases):
             lease.release()
         self._leases.clear()

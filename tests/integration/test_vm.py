@@ -95,7 +95,8 @@ with boot_guest(RunConfig(), Path({str(tmp_path)!r}), run_id="t1kill") as g:
     # Halfway state: namespace, leases and overlay are still there.
     assert "hns-t1kill" in netns.listnetns()
     held = sorted(p.name for p in leases.state_dir().glob("*t1kill*.json"))
-    assert held == ["file--overlay-t1kill.json", "netns--hns-t1kill.json", "process--qemu-t1kill.json"]
+    assert held == ["file--overlay-t1kill.json", "file--sockets-t1kill.json", "netns--hns-t1kill.json",
+                    "process--qemu-t1kill.json"]
     assert (tmp_path / "overlay.qcow2").exists()
     # QEMU dies with its parent (PR_SET_PDEATHSIG) rather than running on.
     deadline = time.monotonic() + 10
@@ -103,8 +104,9 @@ with boot_guest(RunConfig(), Path({str(tmp_path)!r}), run_id="t1kill") as g:
         time.sleep(0.05)
     assert not qemu_processes("harness-t1kill")
     removed = leases.sweep()
-    assert {"netns hns-t1kill", "file overlay-t1kill", "process qemu-t1kill"} <= set(removed)
+    assert {"netns hns-t1kill", "file overlay-t1kill", "file sockets-t1kill", "process qemu-t1kill"} <= set(removed)
     assert not (tmp_path / "overlay.qcow2").exists()
+    assert not (leases.state_dir().parent / "sock" / "t1kill").exists()
     assert_nothing_left("t1kill")
 
 
