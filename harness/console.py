@@ -150,17 +150,17 @@ class Console:
                     raise deadline.timeout("waiting for a login prompt", console_tail=self.tail()) from None
                 self.sendline("")
 
-    def login(self, boot: Deadline, login: Deadline) -> None:
-        """Log in by prompt patterns (boot: until the first prompt; login: the
-        rest), then set the shell up for marker-wrapped commands."""
+    def login(self, prompt: int, deadline: Deadline) -> None:
+        """From the prompt `wait_for_prompt` saw, log in by prompt patterns,
+        then set the shell up for marker-wrapped commands."""
         p = self.profile.patterns
-        index = self.wait_for_prompt(boot)
+        index = prompt
         while index != 2:
             self.sendline(self.profile.user if index == 0 else (self.profile.password or ""))
-            index = self.expect([p.login, p.password, p.shell], login, what="a shell prompt after login")
+            index = self.expect([p.login, p.password, p.shell], deadline, what="a shell prompt after login")
         for command in self.profile.shell_setup:
             self.sendline(command)
-        self.run("true", timeout=max(1.0, login.remaining()), check=True)
+        self.run("true", timeout=max(1.0, deadline.remaining()), check=True)
 
     # -- commands -------------------------------------------------------------
     def run(self, command: str, timeout: float = 30.0, *, check: bool = False,

@@ -119,9 +119,10 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
         console = stack.enter_context(Console(vm.console_socket, profile, log_path=vm.console_log))
         console.connect(Deadline(timeouts.qemu_start, "console connect"))
         vm.resume()
-        console.login(Deadline(timeouts.boot_to_console, "boot to console"),
-                      Deadline(timeouts.login, "login"))
-        timings = {"console_ready": time.monotonic() - started}
+        prompt = console.wait_for_prompt(Deadline(timeouts.boot_to_console, "boot to console"))
+        timings = {"login_prompt": time.monotonic() - started}
+        console.login(prompt, Deadline(timeouts.login, "login"))
+        timings["console_ready"] = time.monotonic() - started
         host_key = console.run(profile.host_key_command(), check=True).output
         console.run(profile.authorize_key_command(key.public), check=True)
         ssh = stack.enter_context(SSHSession("127.0.0.1", vm.ssh_port, key, parse_host_key(host_key)))

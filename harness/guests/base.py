@@ -68,8 +68,11 @@ class GuestProfile(ABC):
 
     host_key_path = "/etc/ssh/ssh_host_ed25519_key.pub"
 
-    def host_key_command(self) -> str:
-        return f"cat {self.host_key_path}"
+    def host_key_command(self, wait_seconds: int = 30) -> str:
+        """Print the SSH host key, waiting for the guest to have made it."""
+        path = shlex.quote(self.host_key_path)
+        return (f"i=0; while [ ! -s {path} ] && [ $i -lt {wait_seconds * 10} ]; do sleep 0.1; i=$((i + 1)); done; "
+                f"cat {path}")
 
     def authorize_key_command(self, public_key: str) -> str:
         key = shlex.quote(public_key.strip())
