@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from harness.errors import ConfigError
 from harness.guests.base import GuestProfile
+from harness.guests.freebsd import FreeBSDProfile
 from harness.guests.linux import LinuxProfile
 
-PROFILES: dict[str, type[GuestProfile]] = {"linux": LinuxProfile}
+PROFILES: dict[str, type[GuestProfile]] = {"linux": LinuxProfile, "freebsd": FreeBSDProfile}
 
 
 def get_profile(name: str) -> GuestProfile:
