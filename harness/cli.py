@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", dest="guest_command", help="run this in the guest over SSH, print, tear down")
     p.add_argument("--console-command", help="run this on the guest's serial console, print, tear down")
 
+    p = sub.add_parser("image", help="build guest images: `harness image build linux|freebsd [options]`")
+    p.add_argument("action", choices=["build"])
+    p.add_argument("guest", choices=["linux", "freebsd"])
+    p.add_argument("image_args", nargs=argparse.REMAINDER,
+                   help="for freebsd: see `harness image build freebsd --help` (--dry-run, --kernel, --patch...)")
+
     p = sub.add_parser("run", help="run scenarios with pytest (default: all in scenarios/)")
     _add_run_options(p)
     p.add_argument("scenarios", nargs="*", help="scenario names, e.g. smoke guest_tx (default: all)")
@@ -90,6 +96,16 @@ def _wait_for_interrupt() -> None:
         signal.pause()
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.guest == "freebsd":
+        from harness import freebsd_image
+
+        return freebsd_image.main(args.image_args)
+    import subprocess
+
+    return subprocess.run(["make", "-C", str(REPO_ROOT / "images"), "linux", *args.image_args]).returncode
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import shlex
 
@@ -111,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "run": cmd_run}
+    handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "image": cmd_image, "run": cmd_run}
     try:
         return handlers[args.command](args)
     except HarnessError as exc:
@@ -120,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `harness ... | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Console:
         self.log_path = log_path  # QEMU's console.log, for tails in errors
         self._spawn: fdspawn | None = None
         self._socket: socket.socket | None = None
-        self._panic = [re.compile(p) for p in profile.panic_patterns]
+        self._panic = [re.compile(p, re.MULTILINE) for p in profile.panic_patterns]
 
     # -- lifetime -----------------------------------------------------------
     def connect(self, deadline: Deadline) -> None:

@@ -61,6 +61,10 @@ def _image(guest_os: str) -> Check:
         image = GuestImage.load(path, expect_os=guest_os, check=False)
     except HarnessError as exc:
         return Check(f"{guest_os} image", False, str(exc).replace("\n  what to do: ", "; "))
+    if guest_os == "freebsd":
+        from harness.freebsd_image import image_summary
+
+        return Check(f"{guest_os} image", True, f"{path}: {image_summary(image.manifest)}")
     ident = image.identity
     kernel = ident.get("kernel_release") or ident.get("kernel_ident") or "?"
     sha = str(ident.get("disk_sha256", ""))[:12]

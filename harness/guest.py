@@ -109,7 +109,8 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
         key = stack.enter_context(KeyPair(run_dir))
         spec = VMSpec(image=image, name=run_id, accel=accel, vhost=vhost, memory_mb=config.memory_mb,
                       vcpus=config.vcpus, queues=config.queues, mac=DUT_MAC,
-                      nic_props=dict(nic_props or {}), mgmt_model=profile.mgmt_nic_model, qemu=config.qemu)
+                      nic_props=dict(nic_props or {}), mgmt_model=profile.mgmt_nic_model, qemu=config.qemu,
+                      firmware=str(image.manifest.get("firmware", "bios")))
         vm = QemuVM(spec, net, run_dir, start_timeout=timeouts.qemu_start,
                     shutdown_timeout=timeouts.teardown)
         started = time.monotonic()

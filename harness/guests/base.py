@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from harness.command import Runner
 from harness.host_tap import Counters
 
+# virtio-net feature bits (virtio spec 5.1.3) and common transport bits.
+VIRTIO_NET_FEATURES = {
+    0: "CSUM", 1: "GUEST_CSUM", 2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC",
+    7: "GUEST_TSO4", 8: "GUEST_TSO6", 9: "GUEST_ECN", 10: "GUEST_UFO",
+    11: "HOST_TSO4", 12: "HOST_TSO6", 13: "HOST_ECN", 14: "HOST_UFO",
+    15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ", 18: "CTRL_RX", 19: "CTRL_VLAN",
+    21: "GUEST_ANNOUNCE", 22: "MQ", 23: "CTRL_MAC_ADDR",
+    28: "RING_INDIRECT_DESC", 29: "RING_EVENT_IDX", 32: "VERSION_1",
+    33: "ACCESS_PLATFORM", 34: "RING_PACKED", 35: "IN_ORDER",
+}
+
 
 @dataclass(frozen=True)
 class ConsolePatterns:

@@ -24,8 +24,7 @@ from typing import Any
 
 from harness.command import Runner
 from harness.errors import HarnessError
-from harness.guests.base import ConsolePatterns, GuestProfile, NetmapRings, VirtioFeatures
-from harness.guests.linux import VIRTIO_NET_FEATURES
+from harness.guests.base import VIRTIO_NET_FEATURES, ConsolePatterns, GuestProfile, NetmapRings, VirtioFeatures
 from harness.host_tap import Counters
 
 log = logging.getLogger(__name__)

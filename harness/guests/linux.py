@@ -8,22 +8,11 @@ import shlex
 from harness import ethtool
 from harness.command import Runner
 from harness.errors import HarnessError
-from harness.guests.base import ConsolePatterns, GuestProfile, NetmapRings, VirtioFeatures
+from harness.guests.base import VIRTIO_NET_FEATURES, ConsolePatterns, GuestProfile, NetmapRings, VirtioFeatures
 from harness.host_tap import Counters
 
 _COUNTER_FILES = ("rx_packets", "rx_bytes", "rx_dropped", "rx_errors",
                   "tx_packets", "tx_bytes", "tx_dropped", "tx_errors")
-
-# virtio-net feature bits (virtio spec 5.1.3) and common transport bits.
-VIRTIO_NET_FEATURES = {
-    0: "CSUM", 1: "GUEST_CSUM", 2: "CTRL_GUEST_OFFLOADS", 3: "MTU", 5: "MAC",
-    7: "GUEST_TSO4", 8: "GUEST_TSO6", 9: "GUEST_ECN", 10: "GUEST_UFO",
-    11: "HOST_TSO4", 12: "HOST_TSO6", 13: "HOST_ECN", 14: "HOST_UFO",
-    15: "MRG_RXBUF", 16: "STATUS", 17: "CTRL_VQ", 18: "CTRL_RX", 19: "CTRL_VLAN",
-    21: "GUEST_ANNOUNCE", 22: "MQ", 23: "CTRL_MAC_ADDR",
-    28: "RING_INDIRECT_DESC", 29: "RING_EVENT_IDX", 32: "VERSION_1",
-    33: "ACCESS_PLATFORM", 34: "RING_PACKED", 35: "IN_ORDER",
-}
 
 _NETMAP_RINGS = re.compile(r"(?P<if>\S+): netmap queues/slots: TX (?P<tr>\d+)/(?P<ts>\d+), RX (?P<rr>\d+)/(?P<rs>\d+)")
 
