@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", dest="guest_command", help="run this in the guest over SSH, print, tear down")
     p.add_argument("--console-command", help="run this on the guest's serial console, print, tear down")
 
+    sub.add_parser("report", help="the nightly regression report over result stores and records "
+                                  "(see `harness report --help`)")
+
     p = sub.add_parser("image", help="build guest images: `harness image build linux|freebsd [options]`")
     p.add_argument("action", choices=["build"])
     p.add_argument("guest", choices=["linux", "freebsd"])
@@ -123,6 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:  # the report has its own parser (harness report --help)
+        from harness import report
+
+        return report.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
