@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from harness.deadline import Deadline
 from harness.errors import CommandError
 
 
@@ -30,3 +31,20 @@ class Runner(Protocol):
     """Anything that runs a shell command in the guest: the console or SSH."""
 
     def run(self, command: str, timeout: float = 30.0, *, check: bool = False) -> CommandResult: ...
+
+
+class Background(Protocol):
+    """A program running in the background on either end (an SSH channel with
+    a pty in the guest, a process group in the host namespace)."""
+
+    @property
+    def output(self) -> str: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def interrupt(self) -> None: ...
+
+    def wait(self, deadline: Deadline) -> CommandResult: ...
+
+    def close(self) -> None: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -28,36 +29,125 @@ class Timeouts:
     teardown: float = 30.0
 
 
+# -- value parsers: (key, value) -> value, raising ConfigError naming the key --
+def _int_at_least(low: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        if isinstance(value, str):
+            try:
+                value = int(value, 10)
+            except ValueError:
+                raise ConfigError(f"{key} must be a whole number, not {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{key} must be a whole number of at least {low}, not {value!r}",
+                              hint=f"use --{key.replace('_', '-')} {low} or more")
+        return value
+    return parse
+
+
+def _positive_float(key: str, value: Any) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        number = -1.0
+    if number <= 0:
+        raise ConfigError(f"{key} must be a positive number, not {value!r}")
+    return number
+
+
+def _optional_positive_float(key: str, value: Any) -> float | None:
+    return None if value is None else _positive_float(key, value)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+    return parse
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty name, not {value!r}")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _path(key: str, value: Any) -> Path:
+    if not isinstance(value, str | Path):
+        raise ConfigError(f"{key} must be a path, not {value!r}")
+    return Path(value)
+
+
+def _optional_path(key: str, value: Any) -> Path | None:
+    return None if value is None else _path(key, value)
+
+
+def _frame_sizes(key: str, value: Any) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ConfigError(f"{key} must be a list of frame sizes in bytes, not {value!r}")
+    sizes = tuple(_int_at_least(60)(key, item.strip() if isinstance(item, str) else item) for item in items)
+    if any(size > 9000 for size in sizes):
+        raise ConfigError(f"{key} must be frame sizes of 60..9000 bytes, not {value!r}")
+    return sizes
+
+
+def _timeouts(key: str, value: Any) -> Timeouts:
+    if isinstance(value, Timeouts):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table of phase = seconds")
+    known = {f.name for f in fields(Timeouts)}
+    for phase in value:
+        if phase not in known:
+            raise ConfigError(f"unknown timeout phase {phase!r}", hint=f"known phases: {', '.join(sorted(known))}")
+    return Timeouts(**{phase: _positive_float(f"timeouts.{phase}", s) for phase, s in value.items()})
+
+
+def _opt(default: Any, parse: Callable[[str, Any], Any], **kw: Any) -> Any:
+    if callable(default):
+        return field(default_factory=default, metadata={"parse": parse}, **kw)
+    return field(default=default, metadata={"parse": parse}, **kw)
+
+
+def _default_testbed() -> str:
+    return os.environ.get("HARNESS_TESTBED") or socket.gethostname()
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    guest: str = "linux"
-    image: Path | None = None
-    accel: str = "auto"
-    vhost: str = "auto"
-    queues: int = 1
-    vcpus: int = 2
-    memory_mb: int = 1024
-    run_dir: Path = Path("runs")
-    keep_vm: bool = False
-    show_qemu: bool = False
-    testbed: str = field(default_factory=lambda: os.environ.get("HARNESS_TESTBED") or socket.gethostname())
-    qemu: str = "qemu-system-x86_64"
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    guest: str = _opt("linux", _name)
+    image: Path | None = _opt(None, _optional_path)
+    accel: str = _opt("auto", _choice(*ACCELS))
+    vhost: str = _opt("auto", _choice(*VHOST_MODES))
+    queues: int = _opt(1, _int_at_least(1))
+    vcpus: int = _opt(2, _int_at_least(1))
+    memory_mb: int = _opt(1024, _int_at_least(128))
+    run_dir: Path = _opt(Path("runs"), _path)
+    keep_vm: bool = _opt(False, _bool)
+    show_qemu: bool = _opt(False, _bool)
+    testbed: str = _opt(_default_testbed, _name)
+    qemu: str = _opt("qemu-system-x86_64", _name)
+    # traffic scenarios
+    frame_sizes: tuple[int, ...] = _opt((60,), _frame_sizes)
+    trials: int = _opt(3, _int_at_least(1))
+    trial_seconds: float = _opt(4.0, _positive_float)
+    warmup_seconds: float = _opt(1.0, _positive_float)
+    profile: str = _opt("auto", _name)
+    thresholds: Path | None = _opt(None, _optional_path)
+    mpps_min: float | None = _opt(None, _optional_positive_float)
+    timeouts: Timeouts = _opt(Timeouts, _timeouts)
 
     def __post_init__(self) -> None:
-        if self.accel not in ACCELS:
-            raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, not {self.accel!r}")
-        if self.vhost not in VHOST_MODES:
-            raise ConfigError(f"vhost must be one of {', '.join(VHOST_MODES)}, not {self.vhost!r}")
-        for name in ("queues", "vcpus"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a whole number of at least 1, not {value!r}",
-                                  hint=f"use --{name} 1 or more")
-        if not isinstance(self.memory_mb, int) or self.memory_mb < 128:
-            raise ConfigError(f"memory_mb must be at least 128, not {self.memory_mb!r}")
-        if not self.testbed or not isinstance(self.testbed, str):
-            raise ConfigError(f"testbed must be a non-empty name, not {self.testbed!r}")
+        # Values given directly (not through from_mapping) are checked too.
+        for f in fields(self):
+            f.metadata["parse"](f.name, getattr(self, f.name))
 
     def with_changes(self, **changes: Any) -> RunConfig:
         return replace(self, **changes)
@@ -65,22 +155,19 @@ class RunConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> RunConfig:
         """Build from plain values (a TOML table or CLI options), checking
-        names and types; `timeouts` may be a table of per-phase seconds."""
+        names and types; None means "not given"."""
         known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
             if value is None:
                 continue
             if key not in known:
-                raise ConfigError(f"{source}: unknown key {key!r}",
-                                  hint=f"known keys: {', '.join(sorted(known))}")
-            if key == "timeouts":
-                values[key] = _timeouts(value, source)
-            elif key in ("image", "run_dir"):
-                values[key] = Path(value)
-            else:
-                default = getattr(cls(), key) if key != "testbed" else ""
-                values[key] = _typed(key, value, type(default), source)
+                raise ConfigError(f"{source}: unknown key {key!r}", hint=f"known keys: {', '.join(sorted(known))}")
+            try:
+                values[key] = known[key].metadata["parse"](key, value)
+            except ConfigError as exc:
+                exc.message = f"{source}: {exc.message}"
+                raise
         return cls(**values)
 
     @classmethod
@@ -91,34 +178,7 @@ class RunConfig:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        table = data.get("run", {})
-        return cls.from_mapping({**table, **(overrides or {})}, source=str(path))
-
-
-def _typed(key: str, value: Any, kind: type, source: str) -> Any:
-    if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
-    if kind is int and (not isinstance(value, int) or isinstance(value, bool)):
-        try:
-            return int(str(value), 10)
-        except ValueError:
-            raise ConfigError(f"{source}: {key} must be a whole number, not {value!r}") from None
-    if kind is str and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
-    return value
-
-
-def _timeouts(value: Any, source: str) -> Timeouts:
-    if isinstance(value, Timeouts):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: timeouts must be a table of phase = seconds")
-    known = {f.name for f in fields(Timeouts)}
-    for phase, seconds in value.items():
-        if phase not in known:
-            raise ConfigError(f"{source}: unknown timeout phase {phase!r}",
-                              hint=f"known phases: {', '.join(sorted(known))}")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-            raise ConfigError(f"{source}: timeouts.{phase} must be a positive number of seconds, "
-                              f"not {seconds!r}")
-    return Timeouts(**{k: float(v) for k, v in value.items()})
+        unknown = set(data) - {"run"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}", hint="use a [run] table")
+        return cls.from_mapping({**data.get("run", {}), **(overrides or {})}, source=str(path))

@@ -109,10 +109,11 @@ class Console:
                 break
         debugger = ""
         if self.profile.debugger_prompt and re.search(self.profile.debugger_prompt, text):
-            debugger = self._debugger_dump()
+            debugger = self.debugger_dump()
         raise GuestPanic(_panic_excerpt(text, self._panic), debugger_output=debugger)
 
-    def _debugger_dump(self) -> str:
+    def debugger_dump(self) -> str:
+        """Ask the kernel debugger the profile's questions (bt, show pcpu...)."""
         out = ""
         for command in self.profile.debugger_commands:
             self.spawn.sendline(command)
@@ -200,6 +201,44 @@ class Console:
             log.warning("console output is %d bytes, the guest wrote %d; kernel messages may be mixed in",
                         len(cleaned.encode()), size)
         return cleaned
+
+
+class PanicWatch:
+    """Watches the console log QEMU writes for the profile's panic patterns,
+    whether or not anyone is talking to the console at the time."""
+
+    def __init__(self, log_path: Path, profile: GuestProfile) -> None:
+        self.log_path = log_path
+        self.patterns = [re.compile(p, re.MULTILINE) for p in profile.panic_patterns]
+        self.offset = 0
+
+    def _read_new(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return ""
+        self.offset += len(data)
+        return data.decode(errors="replace")
+
+    def scan(self) -> str | None:
+        """New console text from a panic on, or None. Once a pattern hits, it
+        reads on until the console has been quiet for a second (up to 5 s) so
+        the whole trace is in the text."""
+        # Re-read a little before the last offset: a pattern may straddle reads.
+        self.offset = max(0, self.offset - 200)
+        text = self._read_new()
+        if not any(p.search(text) for p in self.patterns):
+            return None
+        end, quiet_since = time.monotonic() + 5, time.monotonic()
+        while time.monotonic() < end and time.monotonic() - quiet_since < 1.0:
+            time.sleep(0.1)
+            more = self._read_new()
+            if more:
+                text += more
+                quiet_since = time.monotonic()
+        return _panic_excerpt(text, self.patterns)
 
 
 def _panic_excerpt(text: str, patterns: list[re.Pattern[str]]) -> str:

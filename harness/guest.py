@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shlex
 import time
@@ -21,12 +22,13 @@ from typing import Any
 from harness import __version__
 from harness.accel import resolve_accel, resolve_vhost
 from harness.config import RunConfig
-from harness.console import Console
+from harness.console import Console, PanicWatch
 from harness.deadline import Deadline
-from harness.errors import ConfigError
+from harness.errors import ConfigError, GuestPanic
 from harness.guests import GuestProfile, get_profile
 from harness.host_tap import Counters, HostNetwork, check_host
-from harness.image import GuestImage, default_image
+from harness.image import REPO_ROOT, GuestImage, default_image
+from harness.results import cpu_governor, git_sha
 from harness.ssh import KeyPair, SSHSession, parse_host_key
 from harness.vm import QemuVM, VMSpec, require_qemu
 
@@ -55,6 +57,20 @@ class Guest:
     dut_ifname: str
     timings: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    panic_watch: PanicWatch | None = None
+
+    def check_alive(self) -> None:
+        """Raise if QEMU exited or the guest kernel panicked (scenarios call
+        this while they wait; the console checks on its own when in use)."""
+        self.vm.check_alive()
+        if self.panic_watch is None:
+            self.panic_watch = PanicWatch(self.vm.console_log, self.profile)
+        text = self.panic_watch.scan()
+        if text is not None:
+            debugger = ""
+            if self.profile.debugger_prompt and re.search(self.profile.debugger_prompt, text, re.MULTILINE):
+                debugger = self.console.debugger_dump()
+            raise GuestPanic(text, debugger_output=debugger)
 
     @property
     def ip(self) -> str:
@@ -73,9 +89,26 @@ class Guest:
     def configure_dut(self, cidr: str = GUEST_CIDR) -> None:
         self.profile.set_address(self.ssh, self.dut_ifname, cidr)
 
+    def kernel_identity(self) -> dict[str, Any]:
+        """The running guest kernel; `ident` is one line that changes whenever
+        the kernel does (release, version string, and its hash when known)."""
+        if "guest_kernel" not in self.facts:
+            details = self.profile.kernel_identity(self.ssh)
+            ident = " ".join(details[k] for k in ("release", "version") if details.get(k))
+            if details.get("kernel_sha256"):
+                ident += f" sha256:{details['kernel_sha256'][:12]}"
+            self.facts["guest_kernel"] = {"ident": ident, "details": details}
+        return dict(self.facts["guest_kernel"])
+
     def provenance(self) -> dict[str, Any]:
-        return {"harness_version": __version__, **self.facts, "image": self.image.identity,
-                "run_id": self.run_id, "queues": self.config.queues, "vcpus": self.config.vcpus}
+        """Everything a result needs to say what ran where (DESIGN: provenance)."""
+        features = self.profile.negotiated_features(self.ssh, self.dut_ifname)
+        return {"harness_version": __version__, "git_sha": git_sha(REPO_ROOT), **self.facts,
+                "guest_kernel": self.kernel_identity(), "image": self.image.identity, "guest_os": self.profile.name,
+                "virtio_features": {"bits": hex(features.bits), "names": list(features.names)} if features else None,
+                "queue_pairs": self.profile.queue_pairs(self.ssh, self.dut_ifname),
+                "run_id": self.run_id, "queues": self.config.queues, "vcpus": self.config.vcpus,
+                "memory_mb": self.config.memory_mb, "cpu_governor": cpu_governor(), "host_cpu_count": os.cpu_count()}
 
 
 def _writable_run_dir(path: Path) -> Path:

@@ -14,18 +14,24 @@ import ctypes
 import fcntl
 import logging
 import os
+import shlex
 import shutil
+import signal
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, netns
 
 from harness import ethtool, leases
-from harness.errors import ConfigError, HarnessError, PreconditionError
+from harness.command import CommandResult
+from harness.deadline import Deadline
+from harness.errors import ConfigError, HarnessError, PhaseTimeout, PreconditionError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -236,6 +242,16 @@ class HostNetwork:
     def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         return subprocess.Popen(self.command(argv), **kwargs)
 
+    def spawn(self, argv: list[str], log_path: Path) -> HostProcess:
+        """Start `argv` in the namespace in a session of its own, output to
+        `log_path` (never an unread pipe)."""
+        return HostProcess(self.command(argv), log_path)
+
+    @property
+    def shell(self) -> HostShell:
+        """A Runner for shell commands inside the namespace."""
+        return HostShell(self)
+
     def set_offloads(self, ifname: str, **features: bool) -> dict[str, bool]:
         """Switch ethtool features of `ifname` (tx, sg, tso, gso, gro...) and
         return what the device reports afterwards for those features."""
@@ -249,3 +265,64 @@ class HostNetwork:
         """The main offloads of `ifname` (rx, tx, sg, tso, gso, gro, lro) as
         `ethtool -k` reports them."""
         return ethtool.offload_states(self.run(["ethtool", "-k", ifname], timeout=10).stdout)
+
+
+class HostShell:
+    """Runs shell commands inside the host network's namespace; the same
+    Runner interface as the guest's console and SSH."""
+
+    def __init__(self, network: HostNetwork) -> None:
+        self.network = network
+
+    def run(self, command: str, timeout: float = 30.0, *, check: bool = False) -> CommandResult:
+        start = time.monotonic()
+        try:
+            proc = self.network.run(["sh", "-c", command], timeout=timeout, check=False,
+                                    stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise PhaseTimeout(f"host command: {command[:60]}", timeout) from None
+        result = CommandResult(command, proc.returncode, proc.stdout + proc.stderr,
+                               f"host netns {self.network.netns}", time.monotonic() - start)
+        return result.check() if check else result
+
+
+class HostProcess:
+    """A background program in the host namespace (pkt-gen, trafgen, nc):
+    interrupt() sends SIGINT to its whole process group, close() kills it."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def interrupt(self) -> None:
+        self._signal(signal.SIGINT)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, deadline: Deadline) -> CommandResult:
+        start = time.monotonic()
+        deadline.wait_for(lambda: self.done, f"host process {shlex.join(self.argv[4:])[:60]!r} to exit")
+        return CommandResult(shlex.join(self.argv), self.proc.returncode, self.output, "host",
+                             time.monotonic() - start)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            self.proc.wait()

@@ -57,6 +57,16 @@ OPTIONS = (
            "(interactive terminals only)", action="store_true"),
     Option("--show-qemu", "show_qemu", "print the exact QEMU command line of every guest started",
            action="store_true"),
+    Option("--frame-sizes", "frame_sizes", "traffic scenarios: frame sizes in bytes, comma separated "
+           "(default: 60)"),
+    Option("--trials", "trials", "traffic scenarios: measured trials per frame size (default: 3)", type=_int),
+    Option("--trial-seconds", "trial_seconds", "traffic scenarios: seconds per trial (default: 4)", type=float),
+    Option("--warmup-seconds", "warmup_seconds", "traffic scenarios: warm-up before the trials (default: 1)",
+           type=float),
+    Option("--profile", "profile", "threshold profile from the thresholds file, or auto: the first that "
+           "matches the run (default: auto)"),
+    Option("--thresholds", "thresholds", "thresholds file (default: profiles/thresholds.toml)", type=Path),
+    Option("--mpps-min", "mpps_min", "floor in Mpps received, overriding any profile", type=float),
 )
 
 

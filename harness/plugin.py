@@ -24,8 +24,10 @@ from harness.errors import HarnessError, ImageError, PreconditionError
 from harness.guest import Guest, boot_guest, new_run_id
 from harness.host_tap import HostNetwork
 from harness.options import OPTIONS, config_from
+from harness.results import Record, ResultStore, write_json
 
 _ACTIVE: list[Guest] = []
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,10 +132,51 @@ def _keep_vm_pause(config: RunConfig, guest: Guest) -> None:
         input()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Traffic scenarios take `frame_bytes`: one test per --frame-sizes value
+    (ids are the sizes, so `-k 60` picks one)."""
+    if "frame_bytes" in metafunc.fixturenames:
+        values = {o.dest: metafunc.config.getoption(o.dest) for o in OPTIONS}
+        sizes = config_from(values).frame_sizes
+        metafunc.parametrize("frame_bytes", sizes, ids=[str(s) for s in sizes])
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest, run_config: RunConfig, session_dir: Path) -> Iterator[Record]:
+    """The scenario's result record. Fill it while the scenario runs; it is
+    stamped with the test's verdict and written (JSON in the session
+    directory, and the run directory's SQLite store) however the test ends."""
+    scenario = request.node.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    callspec = getattr(request.node, "callspec", None)
+    run_id = f"{session_dir.name}-{scenario}" + (f"-{callspec.id}" if callspec else "")
+    rec = Record(run_id=run_id, scenario=scenario, testbed=run_config.testbed, session_id=session_dir.name)
+    yield rec
+    verdict, reason = _verdict(request.node.stash.get(_REPORTS, {}))
+    rec.finish(verdict, reason)
+    path = write_json(rec, session_dir / "records")
+    with ResultStore(run_config.run_dir / "results.sqlite") as store:
+        store.add(rec)
+    request.node.user_properties.append(("result_record", str(path)))
+
+
+def _verdict(reports: dict[str, pytest.TestReport]) -> tuple[str, str | None]:
+    for when in ("setup", "call"):
+        report = reports.get(when)
+        if report is None:
+            continue
+        if report.skipped:
+            longrepr = report.longrepr
+            return "skip", str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+        if report.failed:
+            return "fail", (report.longreprtext.strip().splitlines() or ["failed"])[-1][:500]
+    return ("pass", None) if "call" in reports else ("fail", "the scenario did not run")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
     if not report.failed:
         return
     for guest in list(_ACTIVE):

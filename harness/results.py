@@ -8,10 +8,8 @@ and other tools rely on them. Bump SCHEMA when a key changes meaning.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -223,6 +221,3 @@ def cpu_governor() -> str:
         return "none (no cpufreq)"
 
 
-def host_facts() -> dict[str, Any]:
-    return {"host_cpu_count": os.cpu_count(), "cpu_governor": cpu_governor(),
-            "recorded_at_epoch": time.time()}

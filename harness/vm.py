@@ -224,7 +224,7 @@ class QemuVM:
                                          start_new_session=True, preexec_fn=_die_with_parent)
         lease.update(pid=self.proc.pid, start_time=leases.process_start_time(self.proc.pid))
         deadline = Deadline(self.start_timeout, "QEMU start")
-        deadline.wait_for(lambda: self._check_alive() or self.qmp_socket.exists(), "the QMP socket")
+        deadline.wait_for(lambda: self.check_alive() or self.qmp_socket.exists(), "the QMP socket")
         self.qmp = QEMUMonitorProtocol(str(self.qmp_socket))
         self.qmp.connect(negotiate=True)
         self.qmp.settimeout(max(1.0, deadline.remaining()))
@@ -239,7 +239,7 @@ class QemuVM:
         self.facts.update(accel=in_use, vhost=self.spec.vhost, qemu_version=qemu_version(self.spec.qemu),
                           argv=list(self.argv), ssh_port=self.ssh_port)
 
-    def _check_alive(self) -> bool:
+    def check_alive(self) -> bool:
         """Raise QEMUError if QEMU has exited; False otherwise (for polling)."""
         if self.proc is not None and self.proc.poll() is not None:
             raise QEMUError("QEMU exited early", exit_code=self.proc.returncode,
@@ -263,7 +263,7 @@ class QemuVM:
         return self.proc is not None and self.proc.poll() is None
 
     def resume(self) -> None:
-        self._check_alive()
+        self.check_alive()
         assert self.qmp is not None
         self.qmp.cmd("cont")
 
