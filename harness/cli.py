@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness import __version__, doctor
 from harness.errors import ConfigError, HarnessError
@@ -15,6 +16,7 @@ from harness.image import REPO_ROOT
 from harness.options import OPTIONS, config_from
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
+ACK_FILE = REPO_ROOT / "reports" / "acknowledged.toml"
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -45,10 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_args", nargs=argparse.REMAINDER,
                    help="for freebsd: see `harness image build freebsd --help` (--dry-run, --kernel, --patch...)")
 
-    p = sub.add_parser("run", help="run scenarios with pytest (default: all in scenarios/)")
+    p = sub.add_parser("run", help="the main job: run scenarios with pytest (default: all in scenarios/), "
+                                   "then the report")
     _add_run_options(p)
     p.add_argument("scenarios", nargs="*", help="scenario names, e.g. smoke guest_tx (default: all)")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, as one string")
+    p.add_argument("--report", type=Path, help="where the report goes (default: <run dir>/report.html)")
+    p.add_argument("--no-report", action="store_true", help="run the scenarios only")
     return parser
 
 
@@ -110,19 +115,37 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: the scenarios with pytest (JUnit XML in the run
+    directory), then the report over the run directory's results store."""
     import shlex
 
     import pytest
 
-    config_from(vars(args))  # validate before pytest starts
-    pytest_args = scenario_paths(args.scenarios)
+    config = config_from(vars(args))  # validate before pytest starts
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    pytest_args = [*scenario_paths(args.scenarios), "--junitxml", str(config.run_dir / "junit.xml")]
     for option in OPTIONS:
         value = getattr(args, option.dest)
         if value is None or value is False:
             continue
         pytest_args += [option.flag] if value is True else [option.flag, str(value)]
     pytest_args += shlex.split(args.pytest_args)
-    return int(pytest.main(pytest_args, plugins=[]))
+    status = int(pytest.main(pytest_args))
+    if args.no_report:
+        return status
+    store = config.run_dir / "results.sqlite"
+    if not store.exists():
+        print(f"harness: no results store at {store}: no report", file=sys.stderr)
+        return status or 2
+    from harness import report
+
+    out = args.report or config.run_dir / "report.html"
+    report_args = [str(store), "--out", str(out), "--markdown", str(out.with_suffix(".md"))]
+    if ACK_FILE.exists():
+        report_args += ["--ack", str(ACK_FILE)]
+    report_status = report.main(report_args)
+    print(f"report: {out} (markdown summary {out.with_suffix('.md')})")
+    return status or report_status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,6 +134,8 @@ class RunConfig:
     show_qemu: bool = _opt(False, _bool)
     testbed: str = _opt(_default_testbed, _name)
     qemu: str = _opt("qemu-system-x86_64", _name)
+    # A netmap build for a Linux guest: netmap.ko, optionally virtio_net.ko, pkt-gen, bridge.
+    guest_netmap: Path | None = _opt(None, _optional_path)
     # traffic scenarios
     frame_sizes: tuple[int, ...] = _opt((60,), _frame_sizes)
     trials: int = _opt(3, _int_at_least(1))

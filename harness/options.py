@@ -57,6 +57,8 @@ OPTIONS = (
            "(interactive terminals only)", action="store_true"),
     Option("--show-qemu", "show_qemu", "print the exact QEMU command line of every guest started",
            action="store_true"),
+    Option("--guest-netmap", "guest_netmap", "directory with a netmap build for the Linux guest (netmap.ko, "
+           "optionally virtio_net.ko, pkt-gen, bridge), installed after boot", type=Path),
     Option("--frame-sizes", "frame_sizes", "traffic scenarios: frame sizes in bytes, comma separated "
            "(default: 60)"),
     Option("--trials", "trials", "traffic scenarios: measured trials per frame size (default: 3)", type=_int),
