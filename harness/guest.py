@@ -166,6 +166,10 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
                  "host_cpu": host_cpu_model(), "host_kernel": os.uname().release}
         guest = Guest(config, profile, image, net, vm, console, ssh, run_dir, run_id,
                       profile.dut_ifname(ssh, DUT_MAC), timings, facts)
+        if config.guest_netmap is not None:
+            from harness.guest_netmap import install
+
+            guest.facts["netmap"] = install(guest, config.guest_netmap)
         log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
                  timings["console_ready"], timings["ssh_ready"], accel)
         yield guest
