@@ -17,6 +17,8 @@ from harness.options import OPTIONS, config_from
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 ACK_FILE = REPO_ROOT / "reports" / "acknowledged.toml"
+# Subcommands that bring their own argument parser: name -> module with main(argv).
+PASSTHROUGH = {"report": "harness.report", "pktgen-parse": "harness.pktgen_parse"}
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("report", help="the nightly regression report over result stores and records "
                                   "(see `harness report --help`)")
+    sub.add_parser("pktgen-parse", help="print a saved netmap pkt-gen log as JSON (`harness pktgen-parse FILE`)")
 
     p = sub.add_parser("image", help="build guest images: `harness image build linux|freebsd [options]`")
     p.add_argument("action", choices=["build"])
@@ -150,10 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["report"]:  # the report has its own parser (harness report --help)
-        from harness import report
+    if argv[:1] and argv[0] in PASSTHROUGH:  # commands with parsers of their own
+        import importlib
 
-        return report.main(argv[1:])
+        return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
