@@ -77,6 +77,10 @@ class GuestProfile(ABC):
     # Where netmap's programs are looked for, in order.
     netmap_tool_dirs: tuple[str, ...] = ("/usr/local/bin", "/usr/bin", "/root/netmap")
 
+    # virtio-net device properties (QEMU side) that switch off what the guest
+    # cannot switch off itself, for the host-ring test plan.
+    offload_nic_props: dict[str, str] = {}
+
     host_key_path = "/etc/ssh/ssh_host_ed25519_key.pub"
 
     def host_key_command(self, wait_seconds: int = 30) -> str:
@@ -100,6 +104,18 @@ class GuestProfile(ABC):
 
     def netmap_present(self, runner: Runner) -> bool:
         return runner.run("test -c /dev/netmap").status == 0
+
+    def sha256_command(self, path: str) -> str:
+        """A command printing the SHA-256 of `path` (first word of its output)."""
+        return f"sha256sum {shlex.quote(path)}"
+
+    def file_size(self, runner: Runner, path: str) -> int:
+        out = runner.run(f"wc -c < {shlex.quote(path)} 2>/dev/null || echo 0").output.strip()
+        return int(out) if out.isdigit() else 0
+
+    @abstractmethod
+    def tcp_listening(self, runner: Runner, port: int) -> bool:
+        """Whether something listens on TCP `port` in the guest."""
 
     # -- what each OS must say for itself ---------------------------------
     @abstractmethod

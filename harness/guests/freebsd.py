@@ -90,6 +90,13 @@ class FreeBSDProfile(GuestProfile):
     debugger_commands = ("bt", "show pcpu", "show registers")
     netmap_tool_dirs = ("/usr/local/bin", "/usr/bin", "/root/netmap")
 
+    def sha256_command(self, path: str) -> str:
+        return f"sha256 -q {shlex.quote(path)}"
+
+    def tcp_listening(self, runner: Runner, port: int) -> bool:
+        out = runner.run(f"sockstat -4 -l -P tcp -p {int(port)}").output
+        return any(f":{int(port)} " in line for line in out.splitlines()[1:])
+
     def dut_ifname(self, runner: Runner, mac: str) -> str:
         return find_ifname_by_mac(runner.run("ifconfig -a", check=True).output, mac)
 

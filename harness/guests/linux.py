@@ -24,6 +24,13 @@ class LinuxProfile(GuestProfile):
                    "export TERM=dumb HISTFILE=/dev/null PS1='# '")
     kernel_line = re.compile(r"^\[\s*\d+\.\d+\] ")
     panic_patterns = (r"Kernel panic - not syncing", r"\] BUG: ", r"\] Oops: ")
+    # virtio_net keeps receive checksumming fixed on; only the device can drop it.
+    offload_nic_props = {"csum": "off", "guest_csum": "off", "guest_tso4": "off", "guest_tso6": "off",
+                         "guest_ecn": "off", "guest_ufo": "off", "host_tso4": "off", "host_tso6": "off",
+                         "host_ecn": "off", "host_ufo": "off"}
+
+    def tcp_listening(self, runner: Runner, port: int) -> bool:
+        return bool(runner.run(f"ss -Hltn 'sport = :{int(port)}'").output.strip())
 
     def dut_ifname(self, runner: Runner, mac: str) -> str:
         out = runner.run(
@@ -51,7 +58,7 @@ class LinuxProfile(GuestProfile):
         dev = shlex.quote(ifname)
         # One feature at a time: ethtool refuses the whole list if one is fixed.
         runner.run("; ".join(f"ethtool -K {dev} {name} off 2>/dev/null" for name in ethtool.OFFLOADS) + "; true")
-        return self.offload_states(runner, ifname)
+        return effective_offloads(self.offload_states(runner, ifname), self.negotiated_features(runner, ifname))
 
     def negotiated_features(self, runner: Runner, ifname: str) -> VirtioFeatures | None:
         result = runner.run(f"cat /sys/class/net/{shlex.quote(ifname)}/device/features")
@@ -81,6 +88,19 @@ class LinuxProfile(GuestProfile):
     def kernel_identity(self, runner: Runner) -> dict[str, str]:
         out = runner.run("uname -r; uname -v", check=True).output.splitlines()
         return {"release": out[0].strip(), "version": out[1].strip() if len(out) > 1 else ""}
+
+
+def effective_offloads(states: dict[str, bool], features: VirtioFeatures | None) -> dict[str, bool]:
+    """What is really on: virtio_net keeps `rx-checksumming` fixed on even
+    when the device did not offer GUEST_CSUM, and then no frame arrives
+    marked as checksummed, so the guest checks every checksum itself. The
+    same holds for tx without CSUM and the TSO/LRO features."""
+    if features is None:
+        return dict(states)
+    needs = {"rx": ("GUEST_CSUM",), "tx": ("CSUM",), "tso": ("HOST_TSO4", "HOST_TSO6"),
+             "lro": ("GUEST_TSO4", "GUEST_TSO6")}
+    return {name: on and (name not in needs or any(f in features.names for f in needs[name]))
+            for name, on in states.items()}
 
 
 def parse_sysfs_counters(text: str) -> Counters:

@@ -97,3 +97,15 @@ def test_proc_interrupts_sums_cpus_per_vector():
     assert counts["virtio2-req.0"] == 208 and counts["virtio2-req.1"] == 232
     assert counts["virtio1-input.0"] == 25 and counts["virtio1-output.0"] == 23
     assert len(counts) == 9
+
+
+def test_effective_offloads_follow_the_negotiated_features():
+    from harness.guests.linux import effective_offloads
+
+    states = {"rx": True, "tx": False, "sg": False, "tso": False, "gso": False, "gro": False}
+    # Captured from the Debian guest booted with csum=off,guest_csum=off,...: GUEST_CSUM (bit 1) is off.
+    no_csum = parse_virtio_feature_string("0010010000000001111101010000110010000000100000000000000000000000")
+    assert "GUEST_CSUM" not in no_csum.names
+    assert effective_offloads(states, no_csum)["rx"] is False
+    assert effective_offloads(states, parse_virtio_feature_string(FEATURES))["rx"] is True
+    assert effective_offloads(states, None) == states
