@@ -34,6 +34,9 @@ class Console:
         self._spawn: fdspawn | None = None
         self._socket: socket.socket | None = None
         self._panic = [re.compile(p, re.MULTILINE) for p in profile.panic_patterns]
+        # Once the guest has panicked, every later command fails at once with
+        # that panic instead of waiting for a shell that is gone.
+        self.panicked: GuestPanic | None = None
 
     # -- lifetime -----------------------------------------------------------
     def connect(self, deadline: Deadline) -> None:
@@ -110,7 +113,8 @@ class Console:
         debugger = ""
         if self.profile.debugger_prompt and re.search(self.profile.debugger_prompt, text):
             debugger = self.debugger_dump()
-        raise GuestPanic(_panic_excerpt(text, self._panic), debugger_output=debugger)
+        self.panicked = GuestPanic(_panic_excerpt(text, self._panic), debugger_output=debugger)
+        raise self.panicked
 
     def debugger_dump(self) -> str:
         """Ask the kernel debugger the profile's questions (bt, show pcpu...)."""
@@ -124,6 +128,14 @@ class Console:
                 out += f"{command}: no answer\n"
                 break
         return out
+
+    def run_quietly(self, command: str, timeout: float = 15.0) -> None:
+        """For cleanup: run `command` if the guest can still answer, and only
+        log a failure, so it never hides the error that led here."""
+        try:
+            self.run(command, timeout=timeout)
+        except HarnessError as exc:
+            log.warning("cleanup command %r failed: %s", command, exc.message)
 
     def recover(self, timeout: float = 15.0) -> None:
         """After a command timed out: interrupt it and wait until the shell
@@ -168,6 +180,8 @@ class Console:
             panic_check: bool = True) -> CommandResult:
         """Run `command` in the guest shell (stdin from /dev/null) and return its
         exact output and status."""
+        if self.panicked is not None:
+            raise self.panicked
         tag = "HX" + secrets.token_hex(4)
         tmp = f"/tmp/.{tag}"
         # The markers are printed from two parts so the typed line (if echoed)

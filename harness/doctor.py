@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness import accel
 from harness.errors import HarnessError
@@ -20,7 +21,7 @@ class Check:
     needed_for_tcg: bool = False
 
 
-def run_checks(qemu: str = "qemu-system-x86_64") -> list[Check]:
+def run_checks(qemu: str = "qemu-system-x86_64", guest_netmap: Path | None = None) -> list[Check]:
     checks = [
         Check("root / CAP_NET_ADMIN", os.geteuid() == 0,
               "running as root" if os.geteuid() == 0 else "not root: namespaces, bridges and TAPs need root",
@@ -47,7 +48,33 @@ def run_checks(qemu: str = "qemu-system-x86_64") -> list[Check]:
     checks.append(_tool("trafgen (netsniff-ng)", "trafgen", False))
     for guest_os in ("linux", "freebsd"):
         checks.append(_image(guest_os))
+    if guest_netmap is not None:
+        checks.append(guest_netmap_check(guest_netmap))
     return checks
+
+
+def guest_netmap_check(directory: Path) -> Check:
+    """The --guest-netmap directory: what it holds, and whether its modules
+    were built for the Linux image's kernel (read from the files, nothing loaded)."""
+    from harness.guest_netmap import NetmapBuild
+
+    try:
+        build = NetmapBuild.from_directory(directory)
+    except HarnessError as exc:
+        return Check("guest netmap directory", False, str(exc).replace("\n  what to do: ", "; "))
+    detail = f"{directory}: {build.summary()}"
+    try:
+        release = str(GuestImage.load(default_image("linux"), expect_os="linux", check=False)
+                      .identity.get("kernel_release") or "")
+    except HarnessError:
+        release = ""
+    if not release:
+        return Check("guest netmap directory", True, f"{detail}; no Linux image to compare its kernel with")
+    wrong = [f.name for f in build.modules if (f.vermagic or "").split()[:1] != [release]]
+    if wrong:
+        return Check("guest netmap directory", False,
+                     f"{detail}; {' and '.join(wrong)} not built for the Linux image's kernel {release}")
+    return Check("guest netmap directory", True, f"{detail}; built for the Linux image's kernel {release}")
 
 
 def _tool(name: str, command: str, needed: bool) -> Check:

@@ -70,7 +70,8 @@ class Guest:
             debugger = ""
             if self.profile.debugger_prompt and re.search(self.profile.debugger_prompt, text, re.MULTILINE):
                 debugger = self.console.debugger_dump()
-            raise GuestPanic(text, debugger_output=debugger)
+            self.console.panicked = GuestPanic(text, debugger_output=debugger)
+            raise self.console.panicked
 
     @property
     def ip(self) -> str:

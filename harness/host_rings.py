@@ -129,7 +129,7 @@ class NetmapBridge:
 
     def kill(self) -> None:
         if self.pid is not None:
-            self.guest.console.run(f"kill -KILL {self.pid} 2>/dev/null; true")
+            self.guest.console.run_quietly(f"kill -KILL {self.pid} 2>/dev/null; true")
             self.pid = None
 
 
@@ -199,7 +199,7 @@ def tcp_to_guest(guest: Guest, size: int, work_dir: Path, *, timeout: float, sta
     finally:
         if sender is not None:
             sender.close()
-        console.run(f"kill {listener} 2>/dev/null; rm -f {target}; true")
+        console.run_quietly(f"kill -KILL {listener} 2>/dev/null; rm -f {target}; true")
 
 
 def tcp_from_guest(guest: Guest, size: int, work_dir: Path, *, timeout: float, stall: float = 15.0) -> Transfer:
@@ -225,7 +225,8 @@ def tcp_from_guest(guest: Guest, size: int, work_dir: Path, *, timeout: float, s
         return Transfer("guest->host", size, seconds, sent, _sha256(target))
     finally:
         listener.close()
-        console.run(f"{'kill ' + str(sender_pid) + ' 2>/dev/null; ' if sender_pid else ''}rm -f {source}; true")
+        kill = f"kill -KILL {sender_pid} 2>/dev/null; " if sender_pid else ""
+        console.run_quietly(f"{kill}rm -f {source}; true")
 
 
 def stress_bridge(guest: Guest, cycles: int, *, step_timeout: float) -> dict[str, Any]:
