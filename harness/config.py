@@ -19,6 +19,7 @@ from harness.errors import ConfigError
 class Timeouts:
     """Per-phase deadlines in seconds (TCG-friendly defaults)."""
 
+    image: float = 300.0
     network_up: float = 30.0
     qemu_start: float = 20.0
     boot_to_console: float = 120.0

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import __version__
+from harness import __version__, diagnose
 from harness.accel import resolve_accel, resolve_vhost
 from harness.config import RunConfig
 from harness.console import Console, PanicWatch
 from harness.deadline import Deadline
-from harness.errors import ConfigError, GuestPanic
+from harness.errors import ConfigError, GuestPanic, PhaseTimeout, QEMUError
 from harness.guests import GuestProfile, get_profile
 from harness.host_tap import Counters, HostNetwork, check_host
 from harness.image import REPO_ROOT, GuestImage, default_image
@@ -124,56 +124,105 @@ def _writable_run_dir(path: Path) -> Path:
     return path
 
 
+class Phases:
+    """Start times and durations of the named phases of one guest's life."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self._mark = self.start
+        self.seconds: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = now - self._mark
+        self._mark = now
+
+    def since_start(self) -> float:
+        return time.monotonic() - self.start
+
+
+@contextmanager
+def _diagnosed(vm: QemuVM, net: HostNetwork, console: Callable[[], Console | None],
+               profile: GuestProfile) -> Iterator[None]:
+    """A phase that times out carries what was seen before anything is killed."""
+    try:
+        yield
+    except PhaseTimeout as exc:
+        exc.diagnosis.update(diagnose.collect(vm, net, console(), profile))
+        raise
+    except QEMUError as exc:
+        exc.log_tail += f"\n--- console tail ---\n{vm.console_tail(30)}"
+        raise
+
+
 @contextmanager
 def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | None = None,
                run_id: str | None = None,
                announce: Callable[[str], None] | None = None) -> Iterator[Guest]:
-    """Boot a guest and yield it logged in on its console and over SSH."""
+    """Boot a guest and yield it logged in on its console and over SSH.
+
+    Phases and their deadlines (config.timeouts): image, network_up,
+    qemu_start, boot_to_console, login, ssh_ready; teardown on the way out.
+    guest.timings holds each phase's seconds, and `console_ready` /
+    `ssh_ready` counted from QEMU's start."""
     run_id = run_id or new_run_id()
+    timeouts = config.timeouts
+    phases = Phases()
     profile = get_profile(config.guest)
-    image = GuestImage.load(config.image or default_image(profile.name), expect_os=profile.name)
+    image = GuestImage.load(config.image or default_image(profile.name), expect_os=profile.name,
+                            check_timeout=timeouts.image)
     run_dir = _writable_run_dir(run_dir)
     check_host()
     require_qemu(config.qemu)
     accel, accel_reason = resolve_accel(config.accel, config.qemu)
     vhost, vhost_reason = resolve_vhost(config.vhost)
-    timeouts = config.timeouts
+    phases.done("image")
+    console: Console | None = None
     with ExitStack() as stack:
+        stack.callback(lambda: phases.done("teardown"))
         net = stack.enter_context(HostNetwork(run_id, queues=config.queues, bridge_cidr=HOST_CIDR))
+        if phases.since_start() > timeouts.network_up:
+            raise PhaseTimeout("network up", timeouts.network_up, "the host network took too long")
+        phases.done("network_up")
         key = stack.enter_context(KeyPair(run_dir))
         spec = VMSpec(image=image, name=run_id, accel=accel, vhost=vhost, memory_mb=config.memory_mb,
                       vcpus=config.vcpus, queues=config.queues, mac=DUT_MAC,
                       nic_props=dict(nic_props or {}), mgmt_model=profile.mgmt_nic_model, qemu=config.qemu,
                       firmware=str(image.manifest.get("firmware", "bios")))
-        vm = QemuVM(spec, net, run_dir, start_timeout=timeouts.qemu_start,
-                    shutdown_timeout=timeouts.teardown)
+        vm = QemuVM(spec, net, run_dir, start_timeout=timeouts.qemu_start, shutdown_timeout=timeouts.teardown)
         started = time.monotonic()
         stack.enter_context(vm)
-        if announce:
-            announce(shlex.join(vm.argv))
-        console = stack.enter_context(Console(vm.console_socket, profile, log_path=vm.console_log))
-        console.connect(Deadline(timeouts.qemu_start, "console connect"))
-        vm.resume()
-        prompt = console.wait_for_prompt(Deadline(timeouts.boot_to_console, "boot to console"))
-        timings = {"login_prompt": time.monotonic() - started}
-        console.login(prompt, Deadline(timeouts.login, "login"))
-        timings["console_ready"] = time.monotonic() - started
-        host_key = console.run(profile.host_key_command(), check=True).output
-        console.run(profile.authorize_key_command(key.public), check=True)
-        ssh = stack.enter_context(SSHSession("127.0.0.1", vm.ssh_port, key, parse_host_key(host_key)))
-        ssh.connect(Deadline(timeouts.ssh_ready, "SSH ready"))
-        timings["ssh_ready"] = time.monotonic() - started
-        facts = {**vm.facts, "accel_reason": accel_reason, "vhost_reason": vhost_reason,
-                 "host_cpu": host_cpu_model(), "host_kernel": os.uname().release}
-        guest = Guest(config, profile, image, net, vm, console, ssh, run_dir, run_id,
-                      profile.dut_ifname(ssh, DUT_MAC), timings, facts)
-        if config.guest_netmap is not None:
-            from harness.guest_netmap import install
+        with _diagnosed(vm, net, lambda: console, profile):
+            if announce:
+                announce(shlex.join(vm.argv))
+            console = stack.enter_context(Console(vm.console_socket, profile, log_path=vm.console_log))
+            console.connect(Deadline(timeouts.qemu_start, "qemu_start"))
+            vm.resume()
+            phases.done("qemu_start")
+            prompt = console.wait_for_prompt(Deadline(timeouts.boot_to_console, "boot_to_console"))
+            phases.done("boot_to_console")
+            console.login(prompt, Deadline(timeouts.login, "login"))
+            phases.done("login")
+            timings = phases.seconds
+            timings["login_prompt"] = timings["qemu_start"] + timings["boot_to_console"]
+            timings["console_ready"] = time.monotonic() - started
+            host_key = console.run(profile.host_key_command(), check=True).output
+            console.run(profile.authorize_key_command(key.public), check=True)
+            ssh = stack.enter_context(SSHSession("127.0.0.1", vm.ssh_port, key, parse_host_key(host_key)))
+            ssh.connect(Deadline(timeouts.ssh_ready, "ssh_ready"))
+            phases.done("ssh_ready")
+            timings["ssh_ready"] = time.monotonic() - started
+            facts = {**vm.facts, "accel_reason": accel_reason, "vhost_reason": vhost_reason,
+                     "host_cpu": host_cpu_model(), "host_kernel": os.uname().release}
+            guest = Guest(config, profile, image, net, vm, console, ssh, run_dir, run_id,
+                          profile.dut_ifname(ssh, DUT_MAC), timings, facts)
+            if config.guest_netmap is not None:
+                from harness.guest_netmap import install
 
-            guest.facts["netmap"] = install(guest, config.guest_netmap)
-        log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
-                 timings["console_ready"], timings["ssh_ready"], accel)
-        yield guest
+                guest.facts["netmap"] = install(guest, config.guest_netmap)
+            log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
+                     timings["console_ready"], timings["ssh_ready"], accel)
+            yield guest
 
 
 def host_cpu_model() -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ImageError
+from harness.errors import ImageError, PhaseTimeout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAKE_TARGETS = {"linux": "linux", "freebsd": "freebsd"}
@@ -72,7 +72,8 @@ class GuestImage:
         return ident
 
     @classmethod
-    def load(cls, path: Path | str, *, expect_os: str | None = None, check: bool = True) -> GuestImage:
+    def load(cls, path: Path | str, *, expect_os: str | None = None, check: bool = True,
+             check_timeout: float = 300.0) -> GuestImage:
         """Load the image at `path` (its directory or its manifest.json).
 
         Raises ImageError naming the make target that builds it when it is
@@ -101,18 +102,20 @@ class GuestImage:
                 raise ImageError(f"the image at {root} lacks {needed.name}",
                                  hint=f"rebuild it: {build_hint(image.guest_os)}")
         if check:
-            image.check_disk()
+            image.check_disk(check_timeout)
         return image
 
-    def check_disk(self) -> None:
+    def check_disk(self, timeout: float = 300.0) -> None:
         """Ask qemu-img whether the disk is whole (catches truncation and corruption)."""
         if self.disk_format != "qcow2":
             return
         try:
             proc = subprocess.run(["qemu-img", "check", "-q", "-f", "qcow2", str(self.disk)],
-                                  capture_output=True, text=True, timeout=120)
+                                  capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
             return  # QEMU missing is reported where QEMU is started
+        except subprocess.TimeoutExpired:
+            raise PhaseTimeout("image", timeout, f"qemu-img check of {self.disk}") from None
         if proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise ImageError(f"the guest disk {self.disk} is corrupt or truncated: "

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from harness.deadline import Deadline
+from harness.errors import PhaseTimeout
 from harness.host_tap import Counters
 from harness.pktgen import Engine, EngineReport, Flow
 
@@ -141,7 +142,22 @@ def settle(meter: Meter, deadline: Deadline, field_name: str, quiet: float = 0.3
 def run_trial(sender: Engine, receiver: Engine | None, flow: Flow, *, seconds: float,
               sender_meter: Meter, receiver_meter: Meter, sender_field: str, receiver_field: str,
               deadline: Deadline, alive: Callable[[], None]) -> Trial:
-    """One trial: counters, start receiver then sender, D seconds, stop, counters."""
+    """One trial: counters, start receiver then sender, D seconds, stop,
+    counters. Whatever step inside times out, the trial is the phase named."""
+    try:
+        return _trial(sender, receiver, flow, seconds=seconds, sender_meter=sender_meter,
+                      receiver_meter=receiver_meter, sender_field=sender_field, receiver_field=receiver_field,
+                      deadline=deadline, alive=alive)
+    except PhaseTimeout as exc:
+        if exc.phase == deadline.phase:
+            raise
+        raise PhaseTimeout(deadline.phase, deadline.seconds, f"{exc.phase}: {exc.detail}",
+                           diagnosis=exc.diagnosis) from exc
+
+
+def _trial(sender: Engine, receiver: Engine | None, flow: Flow, *, seconds: float,
+           sender_meter: Meter, receiver_meter: Meter, sender_field: str, receiver_field: str,
+           deadline: Deadline, alive: Callable[[], None]) -> Trial:
     s0, r0 = sender_meter(), receiver_meter()
     wall_start = time.monotonic()
     if receiver is not None:

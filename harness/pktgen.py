@@ -131,17 +131,17 @@ class KernelPktgen(Engine):
                     f"dst {flow.dst_ip}", f"dst_mac {flow.dst_mac}", "udp_src_min 9", "udp_dst_min 9")
         # `start` blocks until pktgen stops, so it runs detached.
         self.runner.run(f"(echo start > {self.PROC}/pgctrl) </dev/null >/dev/null 2>&1 &", check=True)
-        deadline.wait_for(lambda: self._sent_so_far() > 0, "kernel pktgen to start sending", interval=0.1)
+        deadline.wait_for(lambda: self._sent_so_far(deadline) > 0, "kernel pktgen to start sending", interval=0.1)
 
-    def _sent_so_far(self) -> int:
-        params = parse_pktgen_params(self.runner.run(f"cat {self.device}").output)
+    def _sent_so_far(self, deadline: Deadline) -> int:
+        params = parse_pktgen_params(self.runner.run(f"cat {self.device}", timeout=_left(deadline)).output)
         return int(params.get("pkts-sofar", "0") or 0)
 
     def stop(self, deadline: Deadline) -> EngineReport:
-        self.runner.run(f"echo stop > {self.PROC}/pgctrl", check=True)
+        self.runner.run(f"echo stop > {self.PROC}/pgctrl", timeout=_left(deadline), check=True)
 
         def finished() -> str | None:
-            text = self.runner.run(f"cat {self.device}").output
+            text = self.runner.run(f"cat {self.device}", timeout=_left(deadline)).output
             result = parse_kernel_pktgen(text)
             return text if result is not None and result.state == "ok" else None
 
@@ -151,8 +151,11 @@ class KernelPktgen(Engine):
         return EngineReport(self.name, result.packets, result.elapsed_usec / 1e6, text)
 
     def close(self) -> None:
-        self.runner.run(f"echo stop > {self.PROC}/pgctrl 2>/dev/null; "
-                        f"echo rem_device_all > {self.PROC}/kpktgend_0 2>/dev/null; true")
+        try:
+            self.runner.run(f"echo stop > {self.PROC}/pgctrl 2>/dev/null; "
+                            f"echo rem_device_all > {self.PROC}/kpktgend_0 2>/dev/null; true", timeout=10)
+        except HarnessError as exc:  # the guest may be gone; never hide the first error
+            log.warning("could not reset kernel pktgen: %s", exc.message)
 
 
 class Trafgen(Engine):
@@ -256,6 +259,10 @@ class NetmapPktgen(Engine):
     def close(self) -> None:
         if self.proc is not None:
             self.proc.close()
+
+
+def _left(deadline: Deadline) -> float:
+    return max(1.0, deadline.remaining())
 
 
 def _started(proc: Background, marker: str, what: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -267,14 +268,30 @@ class QemuVM:
         assert self.qmp is not None
         self.qmp.cmd("cont")
 
-    def status(self) -> dict[str, Any]:
-        """QMP query-status, or why it could not be had."""
+    def status(self, timeout: float = 2.0) -> dict[str, Any]:
+        """QMP query-status, or why it could not be had (a stopped or hung
+        QEMU does not answer: that is said, not waited for)."""
         if not self.running or self.qmp is None:
             return {"status": "not running"}
         try:
+            self.qmp.settimeout(timeout)
             return dict(self.qmp.cmd("query-status"))  # type: ignore[arg-type]
         except Exception as exc:
-            return {"status": f"query-status failed: {exc}"}
+            return {"status": f"no answer to query-status within {timeout:.0f} s ({type(exc).__name__})"}
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time QEMU has used so far."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def inject_nmi(self) -> None:
+        assert self.qmp is not None
+        self.qmp.cmd("inject-nmi")
 
     def shutdown(self) -> None:
         """The ladder: QMP quit, wait; SIGTERM, wait; SIGKILL, wait. Idempotent."""
