@@ -18,7 +18,7 @@ from harness.options import OPTIONS, config_from
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 ACK_FILE = REPO_ROOT / "reports" / "acknowledged.toml"
 # Subcommands that bring their own argument parser: name -> module with main(argv).
-PASSTHROUGH = {"report": "harness.report", "pktgen-parse": "harness.pktgen_parse"}
+PASSTHROUGH = {"report": "harness.report", "pktgen-parse": "harness.pktgen_parse", "rerun": "harness.repro"}
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("report", help="the nightly regression report over result stores and records "
                                   "(see `harness report --help`)")
+    sub.add_parser("rerun", help="rerun a failed scenario from its repro bundle (`harness rerun BUNDLE`)")
     sub.add_parser("pktgen-parse", help="print a saved netmap pkt-gen log as JSON (`harness pktgen-parse FILE`)")
 
     p = sub.add_parser("image", help="build guest images: `harness image build linux|freebsd [options]`")
@@ -102,6 +103,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
         return result.status
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # the same orderly teardown as Ctrl-C
+
+
 def _wait_for_interrupt() -> None:
     with contextlib.suppress(KeyboardInterrupt):
         signal.pause()
@@ -159,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "image": cmd_image, "run": cmd_run}

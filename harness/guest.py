@@ -137,6 +137,10 @@ class Phases:
         self.seconds[name] = now - self._mark
         self._mark = now
 
+    def mark(self) -> None:
+        """The next phase starts now."""
+        self._mark = time.monotonic()
+
     def since_start(self) -> float:
         return time.monotonic() - self.start
 
@@ -222,6 +226,7 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
                 guest.facts["netmap"] = install(guest, config.guest_netmap)
             log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
                      timings["console_ready"], timings["ssh_ready"], accel)
+            stack.callback(phases.mark)  # unwinding runs this first: teardown starts here
             yield guest
 
 

@@ -272,10 +272,10 @@ def guest_kernel(runner: Runner) -> GuestKernel:
         'find "/lib/modules/$(uname -r)/kernel" -name "*.ko*" -print 2>/dev/null | head -n 1); '
         'echo "$m"; [ -z "$m" ] || modinfo -F vermagic "$m" 2>/dev/null; true', check=True).output
     lines = out.splitlines() + ["", "", ""]
-    release, reference, vermagic = (line.strip() for line in lines[:3])
+    release, reference, vermagic = lines[0].strip(), lines[1].strip(), lines[2]  # vermagic exactly as built
     if not release:
         raise HarnessError(f"cannot read the guest's kernel release (uname -r printed {out!r})")
-    return GuestKernel(release, vermagic or None, reference or None)
+    return GuestKernel(release, vermagic if vermagic.strip() else None, reference or None)
 
 
 class VermagicMismatch(ConfigError):

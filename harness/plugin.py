@@ -9,8 +9,11 @@ skipping.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
@@ -24,10 +27,23 @@ from harness.errors import HarnessError, ImageError, PreconditionError
 from harness.guest import Guest, boot_guest, new_run_id
 from harness.host_tap import HostNetwork
 from harness.options import OPTIONS, config_from
+from harness.repro import bundle_name, snapshot_guest, write_bundle
 from harness.results import Record, ResultStore, write_json
 
 _ACTIVE: list[Guest] = []
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+_BUNDLE = pytest.StashKey[tuple[Path, list[Path]]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (CI cancelling a job, `kill`) gets the same orderly teardown as
+    # Ctrl-C: pytest finalizes every fixture, so nothing is left behind.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -81,7 +97,11 @@ def _booted(config: RunConfig, run_dir: Path, request: pytest.FixtureRequest,
         yield guest
     finally:
         _ACTIVE.remove(guest)
-        cm.__exit__(*sys.exc_info())
+        try:
+            cm.__exit__(*sys.exc_info())
+        finally:
+            # Every phase's seconds, teardown included (benchmarks/soak.py reads these).
+            (run_dir / "phases.json").write_text(json.dumps(guest.timings, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +177,10 @@ def record(request: pytest.FixtureRequest, run_config: RunConfig, session_dir: P
     with ResultStore(run_config.run_dir / "results.sqlite") as store:
         store.add(rec)
     request.node.user_properties.append(("result_record", str(path)))
+    if verdict == "fail" and _BUNDLE in request.node.stash:
+        bundle, guest_dirs = request.node.stash[_BUNDLE]
+        write_bundle(bundle, nodeid=request.node.nodeid, config=run_config, record=rec.to_dict(),
+                     guest_dirs=guest_dirs)
 
 
 def _verdict(reports: dict[str, pytest.TestReport]) -> tuple[str, str | None]:
@@ -179,6 +203,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     if not report.failed:
         return
+    session_dir = getattr(item, "funcargs", {}).get("session_dir")
+    if "record" in getattr(item, "fixturenames", ()) and session_dir is not None and _BUNDLE not in item.stash:
+        bundle = session_dir / bundle_name(item.nodeid)
+        guest_dirs = []
+        for guest in _ACTIVE:
+            guest_dirs.append(bundle / f"guest-{guest.run_id}")
+            snapshot_guest(guest, guest_dirs[-1])
+        item.stash[_BUNDLE] = (bundle, guest_dirs)
+        report.sections.append(("repro bundle", f"{bundle}\nrerun exactly this scenario: harness rerun {bundle}"))
     for guest in list(_ACTIVE):
         report.sections.append((f"guest {guest.run_id} console log (tail of {guest.vm.console_log})",
                                 guest.vm.console_tail(80)))
