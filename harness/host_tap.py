@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import threading
@@ -166,9 +167,14 @@ class HostNetwork:
         leases.sweep()
         self._lease = leases.take("netns", self.netns, run_id=self.run_id)
         try:
-            netns.create(self.netns)
+            # iproute2 makes the namespace (it handles the shared /run/netns
+            # mount race); pyroute2's own netns.create forks a child it kills
+            # after a short timeout, which a loaded host can exceed.
+            subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True, timeout=30)
             in_netns(self.netns, self._quiet_namespace)
-            self._ipr = IPRoute(netns=self.netns)
+            # The netlink socket is opened inside the namespace by a thread.
+            sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+            self._ipr = IPRoute(use_socket=sock)
             ipr = self._ipr
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link("add", ifname=self.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
