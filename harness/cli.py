@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -130,6 +131,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
     config = config_from(vars(args))  # validate before pytest starts
+    from harness import thresholds
+
+    profiles = thresholds.load(config.thresholds)
+    if config.profile != "auto":
+        thresholds.select(profiles, config.profile, {})
     config.run_dir.mkdir(parents=True, exist_ok=True)
     pytest_args = [*scenario_paths(args.scenarios), "--junitxml", str(config.run_dir / "junit.xml")]
     for option in OPTIONS:
@@ -178,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `harness ... | head`
         return 0
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"harness: error: no space left on the device holding {exc.filename or 'the run directory'}\n"
+              "  what to do: free space, or pass --run-dir on a larger file system", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

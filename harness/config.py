@@ -145,6 +145,7 @@ class RunConfig:
     profile: str = _opt("auto", _name)
     thresholds: Path | None = _opt(None, _optional_path)
     mpps_min: float | None = _opt(None, _optional_positive_float)
+    share_cpus: bool = _opt(False, _bool)
     timeouts: Timeouts = _opt(Timeouts, _timeouts)
 
     def __post_init__(self) -> None:

@@ -95,6 +95,10 @@ class GuestPanic(HarnessError):
         return text
 
 
+class DiskFull(HarnessError):
+    """The file system holding the run directory filled up during the run."""
+
+
 class CommandError(HarnessError):
     """A command in the guest or on the host returned a non-zero status."""
 

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +25,7 @@ from harness.accel import resolve_accel, resolve_vhost
 from harness.config import RunConfig
 from harness.console import Console, PanicWatch
 from harness.deadline import Deadline
-from harness.errors import ConfigError, GuestPanic, PhaseTimeout, QEMUError
+from harness.errors import ConfigError, DiskFull, GuestPanic, PhaseTimeout, QEMUError
 from harness.guests import GuestProfile, get_profile
 from harness.host_tap import Counters, HostNetwork, check_host
 from harness.image import REPO_ROOT, GuestImage, default_image
@@ -58,11 +59,18 @@ class Guest:
     timings: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     panic_watch: PanicWatch | None = None
+    _status_checked: float = 0.0
 
     def check_alive(self) -> None:
-        """Raise if QEMU exited or the guest kernel panicked (scenarios call
-        this while they wait; the console checks on its own when in use)."""
+        """Raise if QEMU exited or paused on a full disk, or the guest kernel
+        panicked (scenarios call this while they wait; the console checks on
+        its own when in use)."""
         self.vm.check_alive()
+        now = time.monotonic()
+        if now - self._status_checked >= 1.0:  # QMP at most once a second
+            self._status_checked = now
+            if self.vm.status().get("status") == "io-error":
+                raise disk_full(self.vm)
         if self.panic_watch is None:
             self.panic_watch = PanicWatch(self.vm.console_log, self.profile)
         text = self.panic_watch.scan()
@@ -112,6 +120,9 @@ class Guest:
                 "memory_mb": self.config.memory_mb, "cpu_governor": cpu_governor(), "host_cpu_count": os.cpu_count()}
 
 
+MIN_FREE_MB = 128  # overlay growth, console and QEMU logs, records
+
+
 def _writable_run_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -121,7 +132,17 @@ def _writable_run_dir(path: Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"the run directory {path} is not writable: {exc.strerror}",
                           hint="pass --run-dir with a directory you can write to") from None
+    free_mb = shutil.disk_usage(path).free // 2**20
+    if free_mb < MIN_FREE_MB:
+        raise ConfigError(f"only {free_mb} MiB free for the run directory {path}; a run needs {MIN_FREE_MB} MiB",
+                          hint="free some space, or pass --run-dir on a larger file system")
     return path
+
+
+def disk_full(vm: QemuVM) -> DiskFull:
+    free = shutil.disk_usage(vm.overlay.parent).free // 2**20
+    return DiskFull(f"QEMU paused the guest on a disk write error: the file system holding {vm.overlay.parent} "
+                    f"is full ({free} MiB free)", hint="free space there, or pass --run-dir on a larger file system")
 
 
 class Phases:
@@ -153,6 +174,8 @@ def _diagnosed(vm: QemuVM, net: HostNetwork, console: Callable[[], Console | Non
         yield
     except PhaseTimeout as exc:
         exc.diagnosis.update(diagnose.collect(vm, net, console(), profile))
+        if "io-error" in str(exc.diagnosis.get("qmp_status", "")):
+            raise disk_full(vm) from exc
         raise
     except QEMUError as exc:
         exc.log_tail += f"\n--- console tail ---\n{vm.console_tail(30)}"

@@ -69,6 +69,8 @@ OPTIONS = (
            "matches the run (default: auto)"),
     Option("--thresholds", "thresholds", "thresholds file (default: profiles/thresholds.toml)", type=Path),
     Option("--mpps-min", "mpps_min", "floor in Mpps received, overriding any profile", type=float),
+    Option("--share-cpus", "share_cpus", "let perf trials run while another perf run measures (by default a "
+           "second perf run waits)", action="store_true"),
 )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import thresholds
+from harness import cpus, thresholds
 from harness.deadline import Deadline
 from harness.errors import HarnessError
 from harness.measure import Measurement, Meter, run_trial
@@ -179,8 +179,11 @@ def run_scenario(guest: Guest, record: Record, config: RunConfig, scenario: str,
     record.vhost, record.queues, record.frame_bytes = guest.facts["vhost"], config.queues, frame_bytes
     record.engines = {"sender": path.sender_name, "receiver": path.receiver_name}
     record.provenance = guest.provenance()
-    result = path.measure(frame_bytes, trials=config.trials, seconds=config.trial_seconds,
-                          warmup=config.warmup_seconds, trial_timeout=config.timeouts.trial)
+    wait = (config.trials + 1) * (config.trial_seconds + config.timeouts.trial)
+    with cpus.reserved(config.share_cpus, wait) as cpu_use:
+        result = path.measure(frame_bytes, trials=config.trials, seconds=config.trial_seconds,
+                              warmup=config.warmup_seconds, trial_timeout=config.timeouts.trial)
+    record.provenance["cpus"] = {**cpu_use, "pinning": "none"}
     conditions = {"accel": record.accel, "vhost": record.vhost, "guest_os": record.guest_os,
                   "engine": path.sender_name}
     verdict = thresholds.decide(scenario, conditions, profile_name=config.profile, path=config.thresholds,
