@@ -25,7 +25,7 @@ from harness.accel import resolve_accel, resolve_vhost
 from harness.config import RunConfig
 from harness.console import Console, PanicWatch
 from harness.deadline import Deadline
-from harness.errors import ConfigError, DiskFull, GuestPanic, PhaseTimeout, QEMUError
+from harness.errors import ConfigError, DiskFull, GuestPanic, HarnessError, PhaseTimeout, QEMUError
 from harness.guests import GuestProfile, get_profile
 from harness.host_tap import Counters, HostNetwork, check_host
 from harness.image import REPO_ROOT, GuestImage, default_image
@@ -179,6 +179,12 @@ def _diagnosed(vm: QemuVM, net: HostNetwork, console: Callable[[], Console | Non
         raise
     except QEMUError as exc:
         exc.log_tail += f"\n--- console tail ---\n{vm.console_tail(30)}"
+        raise
+    except HarnessError as exc:
+        # A channel failing because QEMU died: say that QEMU died.
+        if vm.proc is not None and vm.proc.poll() is not None:
+            raise QEMUError(f"QEMU exited early ({exc.message})", exit_code=vm.proc.returncode, argv=vm.argv,
+                            log_tail=f"{vm.log_tail()}\n--- console tail ---\n{vm.console_tail(30)}") from exc
         raise
 
 

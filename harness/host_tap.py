@@ -148,6 +148,10 @@ class HostNetwork:
         self.taps = [f"ht{run_id}.{i}" for i in range(taps)]
         self._fds: dict[str, list[int]] = {}
         self._ipr: IPRoute | None = None
+        # pyroute2 sockets belong to the thread that made them; other threads
+        # (a watcher reading counters) get their own.
+        self._thread_iprs: dict[int, IPRoute] = {}
+        self._lock = threading.Lock()
         self._lease: leases.Lease | None = None
 
     @property
@@ -173,8 +177,7 @@ class HostNetwork:
             subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True, timeout=30)
             in_netns(self.netns, self._quiet_namespace)
             # The netlink socket is opened inside the namespace by a thread.
-            sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
-            self._ipr = IPRoute(use_socket=sock)
+            self._ipr = self._open_netlink()
             ipr = self._ipr
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             ipr.link("add", ifname=self.bridge, kind="bridge", br_stp_state=0, br_forward_delay=0)
@@ -210,6 +213,11 @@ class HostNetwork:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        with self._lock:
+            for ipr in self._thread_iprs.values():
+                with contextlib.suppress(Exception):
+                    ipr.close()
+            self._thread_iprs.clear()
         if self._lease is not None:
             if self.netns in netns.listnetns():
                 netns.remove(self.netns)
@@ -221,10 +229,21 @@ class HostNetwork:
         """The queue fds of TAP `index`, to pass to QEMU."""
         return list(self._fds[self.taps[index]])
 
+    def _open_netlink(self) -> IPRoute:
+        """A netlink (rtnetlink) handle whose socket a thread opened inside the namespace."""
+        sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+        return IPRoute(use_socket=sock)
+
     def _require_open(self) -> IPRoute:
         if self._ipr is None:
             raise HarnessError(f"host network {self.netns} is not open")
-        return self._ipr
+        if threading.current_thread() is threading.main_thread():
+            return self._ipr
+        with self._lock:
+            ident = threading.get_ident()
+            if ident not in self._thread_iprs:
+                self._thread_iprs[ident] = self._open_netlink()
+            return self._thread_iprs[ident]
 
     def counters(self, ifname: str) -> Counters:
         ipr = self._require_open()

@@ -219,6 +219,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                                 guest.vm.log_tail(30) or "(empty)"))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own sessionfinish has torn the fixtures down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Nothing the harness made may outlive the session that made it."""
     from harness.leases import held_by

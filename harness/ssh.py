@@ -158,11 +158,15 @@ class SSHSession:
         return result.check() if check else result
 
     def run_background(self, command: str, *, pty: bool = True) -> BackgroundCommand:
-        channel = self.transport.open_session()
-        if pty:
-            # A pty makes pkt-gen's stdout line-buffered, so its summary arrives.
-            channel.get_pty(term="dumb", width=250, height=50)
-        channel.exec_command(command)
+        try:
+            channel = self.transport.open_session(timeout=10)
+            if pty:
+                # A pty makes pkt-gen's stdout line-buffered, so its summary arrives.
+                channel.get_pty(term="dumb", width=250, height=50)
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise HarnessError(f"SSH to the guest failed ({self.host}:{self.port}) running {command[:60]!r}: "
+                               f"{exc or type(exc).__name__}") from None
         return BackgroundCommand(channel, command)
 
     def put(self, local: Path, remote: str, mode: int | None = None) -> None:

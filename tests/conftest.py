@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,14 +58,33 @@ def harness_state() -> set[str]:
             | {f"lease {p.name}" for p in leases.state_dir().glob("*.json")})
 
 
+def own_state() -> set[str]:
+    """What this process holds: its leases, and the namespaces and QEMU
+    processes they name (other runs on the machine are not ours to judge)."""
+    held = set(leases.held_by(os.getpid()))
+    run_ids = {name.split(" ", 1)[1].split("-")[-1] for name in held}
+    return held | {f"netns {n}" for n in harness_netns() if n.removeprefix(leases.NETNS_PREFIX) in run_ids} \
+        | {f"qemu {q}" for q in qemu_processes() for r in run_ids if f"harness-{r}," in q}
+
+
 @pytest.fixture
 def no_new_leftovers():
-    """Fails the test if it leaves any harness resource that was not there
-    before it (other tests' session guests may legitimately be up)."""
-    before = harness_state()
+    """Fails the test if it leaves any harness resource of this process that
+    was not there before it (the session's own guest may legitimately be up)."""
+    before = own_state()
     yield
-    left = harness_state() - before
+    left = own_state() - before
     assert not left, f"left behind: {sorted(left)}"
+
+
+def run_ids_in(run_dir: Path) -> set[str]:
+    """Run ids of the guests a (child) run booted under `run_dir`."""
+    ids = set()
+    for argv in run_dir.rglob("qemu.argv"):
+        match = re.search(r"-name harness-(\w+),", argv.read_text())
+        if match:
+            ids.add(match.group(1))
+    return ids
 
 
 def run_harness(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
