@@ -26,9 +26,12 @@ def default_image(guest_os: str) -> Path:
     return images_dir() / DEFAULT_DIRS.get(guest_os, guest_os)
 
 
+def build_command(guest_os: str) -> str:
+    return f"make -C {REPO_ROOT / 'images'} {MAKE_TARGETS.get(guest_os, guest_os)}"
+
+
 def build_hint(guest_os: str) -> str:
-    target = MAKE_TARGETS.get(guest_os, guest_os)
-    return f"build it with: make -C {REPO_ROOT / 'images'} {target}"
+    return f"build it with: {build_command(guest_os)}"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class GuestImage:
                 raise ValueError("guest_os or disk missing")
         except ValueError as exc:
             raise ImageError(f"the image manifest {manifest_path} is not valid: {exc}",
-                             hint=f"rebuild the image: {build_hint(os_hint)}") from None
+                             hint=f"rebuild the image with: {build_command(os_hint)}") from None
         image = cls(root, manifest)
         if expect_os and image.guest_os != expect_os:
             raise ImageError(
@@ -100,7 +103,7 @@ class GuestImage:
         for needed in (image.disk, image.kernel, image.initrd):
             if needed is not None and not needed.is_file():
                 raise ImageError(f"the image at {root} lacks {needed.name}",
-                                 hint=f"rebuild it: {build_hint(image.guest_os)}")
+                                 hint=f"rebuild it with: {build_command(image.guest_os)}")
         if check:
             image.check_disk(check_timeout)
         return image
@@ -120,4 +123,4 @@ class GuestImage:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise ImageError(f"the guest disk {self.disk} is corrupt or truncated: "
                              f"{detail[0] if detail else 'qemu-img check failed'}",
-                             hint=f"delete {self.root} and rebuild it: {build_hint(self.guest_os)}")
+                             hint=f"delete {self.root} and rebuild it with: {build_command(self.guest_os)}")
