@@ -1,8 +1,8 @@
 """`harness ci`: what a CI job on a KVM runner does, in order, in one command.
 
     harness ci [SCENARIO...] [--config ci/harness-ci.toml] [--out DIR] [--matrix] [--skip-download]
-               [--guest linux|freebsd] [--kernel stock|src|PATH] [--patch FILE] [--src DIR]
-               [--profile NAME] [other `harness run` options...]
+               [--image-cache DIR] [--guest linux|freebsd] [--kernel stock|src|PATH] [--patch FILE]
+               [--src DIR] [--profile NAME] [other `harness run` options...]
     harness ci cache-key [same options]          print the guest image's cache key (and $GITHUB_OUTPUT)
     harness ci report --out DIR --history FILE.sqlite [--source SOURCE...]
                                                  nightly: add the run's records to the history, report
@@ -38,7 +38,7 @@ import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -134,6 +134,7 @@ class Plan:
     config_file: Path | None
     skip_download: bool = False
     strict: bool = True
+    notes: tuple[str, ...] = ()
 
 
 def load_ci_config(path: Path) -> dict[str, Any]:
@@ -247,9 +248,18 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
     main_config = legs[0].config
     image = image_spec(main_config, data.get("image", {}), args)
+    notes = []
     if image.guest == "freebsd" and not image.given:
         image.build_request()   # validates kernel, patch, src, tunables
-    return Plan(image, tuple(legs), config_file, skip_download=args.skip_download, strict=not args.no_strict)
+    elif image.guest != "freebsd" and data.get("image"):
+        notes.append(f"the [image] table of {source} is for the FreeBSD guest: not used for the {image.guest} guest")
+    if args.image_cache is not None and not image.given:
+        # One directory per cache key, kept between jobs (a self-hosted runner's disk).
+        key = cache_key(image).key
+        image = replace(image, directory=args.image_cache.resolve() / key / image.directory.name)
+        notes.append(f"image cache {args.image_cache}: this job's image is {image.directory}")
+    return Plan(image, tuple(legs), config_file, skip_download=args.skip_download, strict=not args.no_strict,
+                notes=tuple(notes))
 
 
 def image_spec(config: RunConfig, table: dict[str, Any], args: argparse.Namespace) -> ImageSpec:
@@ -285,7 +295,9 @@ def image_spec(config: RunConfig, table: dict[str, Any], args: argparse.Namespac
         values.pop("patch", None)     # --kernel stock|PATH on the command line drops the config's patch
     if "tunables" in values:
         values["tunables"] = tuple(values["tunables"])
-    version = str(values.get("version", "14.3"))
+    from harness.freebsd_image import DEFAULT_VERSION
+
+    version = str(values.get("version", DEFAULT_VERSION))
     values["version"] = version
     directory = Path(config.image) if config.image else images_dir() / f"freebsd-{version}"
     return ImageSpec(guest, directory, given=config.image is not None, **values)
@@ -386,8 +398,8 @@ class StepRecord:
 class Steps:
     """Prints each step with its name, start time and duration; keeps them for ci.json."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
         self.records: list[StepRecord] = []
 
     def say(self, text: str) -> None:
@@ -441,7 +453,7 @@ def step_host_check(plan: Plan, steps: Steps, out: Path) -> None:
     accels = sorted({leg.config.accel for leg in plan.legs})
     if "kvm" in accels:
         if kvm is None or not kvm.ok:
-            raise StepFailed(f"KVM is demanded (--accel kvm) but not usable here: {kvm_detail}",)
+            raise StepFailed(f"KVM is demanded (--accel kvm) but not usable here: {kvm_detail}")
         steps.say(f"  KVM: demanded (--accel kvm) and usable: {kvm_detail}")
     elif accels == ["tcg"]:
         steps.skip("KVM", f"not demanded (--accel tcg): the guests run under TCG. This host: {kvm_detail}")
@@ -508,7 +520,7 @@ def step_image(plan: Plan, steps: Steps, out: Path, github_output: str | None) -
         steps.skip("FreeBSD download" if spec.guest == "freebsd" else "image build",
                    f"--skip-download: using the image at {spec.directory} as it is (e.g. restored from the cache)")
     elif spec.guest == "linux":
-        status = _tee(["make", "-C", str(REPO_ROOT / "images"), "linux", f"OUT={images_dir()}"],
+        status = _tee(["make", "-C", str(REPO_ROOT / "images"), "linux", f"OUT={spec.directory.parent}"],
                       out / "image-build.log", steps)
         if status != 0:
             raise StepFailed(f"the Debian image build failed (exit {status}): see {out / 'image-build.log'}")
@@ -587,8 +599,8 @@ def junit_cases(path: Path, leg: str) -> list[Case]:
             child = case.find(tag)
             if child is not None:
                 outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                message = (child.get("message") or child.text or "").strip().splitlines()
-                message = message[0] if message else ""
+                text = (child.get("message") or child.text or "").strip()
+                message = text.splitlines()[0] if text else ""
                 break
         module = (case.get("classname") or "").rsplit(".", 1)[-1]
         cases.append(Case(leg, f"{module}::{case.get('name')}", outcome, float(case.get("time") or 0), message))
@@ -601,7 +613,7 @@ def run_leg(leg: Leg, plan: Plan, out: Path, steps: Steps) -> tuple[int, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "run-config.toml"
     run = dict(leg.run)
-    if plan.image.guest == "freebsd" and "image" not in run:
+    if "image" not in run and plan.image.directory != default_image(plan.image.guest):
         run["image"] = str(plan.image.directory)
     config_path.write_text(run_config_toml(run))
     argv = [sys.executable, "-m", "harness.cli", "run", *leg.scenarios, "--config", str(config_path),
@@ -613,7 +625,8 @@ def run_leg(leg: Leg, plan: Plan, out: Path, steps: Steps) -> tuple[int, Path]:
     return status, run_dir
 
 
-def summary_markdown(plan: Plan, cases: Sequence[Case], statuses: dict[str, int], key: CacheKey | None) -> str:
+def summary_markdown(plan: Plan, cases: Sequence[Case], statuses: dict[str, int], key: CacheKey | None,
+                     bundles: Sequence[str] = ()) -> str:
     counts = {o: sum(c.outcome == o for c in cases) for o in ("passed", "failed", "error", "skipped")}
     main = plan.legs[0].config
     head = (f"## harness ci: {counts['passed']} passed, {counts['failed'] + counts['error']} failed, "
@@ -632,6 +645,9 @@ def summary_markdown(plan: Plan, cases: Sequence[Case], statuses: dict[str, int]
         lines.append(f"| {case.leg} | `{case.name}` | {marks[case.outcome]} | {case.seconds:.1f} | {detail} |")
     if not cases:
         lines.append("| - | - | no test ran | - | - |")
+    if bundles:
+        lines += ["", "Repro bundles of the failed scenarios (`harness rerun DIR` reruns one exactly):", ""]
+        lines += [f"- `{bundle}`" for bundle in bundles]
     lines += ["", "JUnit XML, JSON records, console and QEMU logs and repro bundles: the job's output directory "
               "(`run/<leg>/`)."]
     return "\n".join(lines) + "\n"
@@ -731,6 +747,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
                         help="also run the config's [[matrix]] legs (the nightly), one after the other")
     parser.add_argument("--skip-download", action="store_true",
                         help="do not build or download the image: use the one there (e.g. restored from a cache)")
+    parser.add_argument("--image-cache", type=Path, metavar="DIR",
+                        help="keep images in DIR/<cache key>/ between jobs (a self-hosted runner's disk), "
+                             "instead of images/out/")
     parser.add_argument("--kernel", help="FreeBSD kernel under test: stock, src, a kernel directory or a kernel.txz")
     parser.add_argument("--patch", help="a patch for the release's src (e.g. a review's diff); implies --kernel src")
     parser.add_argument("--src", help="a FreeBSD src tree instead of the release's src.txz")
@@ -798,6 +817,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         plan = plan_from(args)
         steps.say(f"harness ci: config {plan.config_file or '(none)'}, output {out}, legs "
                   + ", ".join(leg.name for leg in plan.legs))
+        for note in plan.notes:
+            steps.say(f"  note: {note}")
         with steps.step("host-check", "harness doctor"):
             step_host_check(plan, steps, out)
         with steps.step("image", "cache key, then build or restore the guest image"):
@@ -809,11 +830,12 @@ def cmd_job(args: argparse.Namespace) -> int:
                 record.status = "failed"
                 record.detail = ", ".join(f"{c.leg} {c.name}" for c in cases if c.outcome in ("failed", "error")) \
                     or "harness run failed: " + ", ".join(f"{k} exited {v}" for k, v in statuses.items() if v)
-        markdown = summary_markdown(plan, cases, statuses, key)
+        bundles = [str(p.relative_to(out)) for p in sorted((out / "run").glob("*/*/repro-*")) if p.is_dir()]
+        markdown = summary_markdown(plan, cases, statuses, key, bundles)
         (out / "summary.md").write_text(markdown)
         _append(args.summary, markdown)
     except StepFailed as exc:
-        steps.say(f"harness ci: error: {exc}")
+        print(f"harness ci: error: {exc}", file=sys.stderr, flush=True)
         status = exc.status
         _append(args.summary, f"## harness ci: error\n\n{exc}\n")
     except ConfigError as exc:      # bad input, before any step
@@ -842,7 +864,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         status = nightly_report(out, args.history.resolve(), args.source, args.summary, steps, args.ack)
     except StepFailed as exc:
-        steps.say(f"harness ci report: error: {exc}")
+        print(f"harness ci report: error: {exc}", file=sys.stderr, flush=True)
         return exc.status
     steps.say("\nharness ci report: " + ", ".join(f"{s.name} {s.status} ({s.seconds:.0f} s)" for s in steps.records)
               + f"; exit {status}")

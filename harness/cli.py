@@ -19,7 +19,8 @@ from harness.options import OPTIONS, config_from
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 ACK_FILE = REPO_ROOT / "reports" / "acknowledged.toml"
 # Subcommands that bring their own argument parser: name -> module with main(argv).
-PASSTHROUGH = {"report": "harness.report", "pktgen-parse": "harness.pktgen_parse", "rerun": "harness.repro"}
+PASSTHROUGH = {"report": "harness.report", "pktgen-parse": "harness.pktgen_parse", "rerun": "harness.repro",
+               "ci": "harness.ci"}
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="show what this host can do (root, TAP, KVM, vhost, QEMU, images)")
     p.add_argument("--qemu", default="qemu-system-x86_64")
+    p.add_argument("--guest-netmap", type=Path, help="also check a netmap build for the Linux guest")
 
     p = sub.add_parser("boot", help="boot a guest on a private TAP/bridge network, for a look or one command")
     _add_run_options(p)
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("report", help="the nightly regression report over result stores and records "
                                   "(see `harness report --help`)")
+    sub.add_parser("ci", help="the CI job: host check, image, scenarios, nightly report (see `harness ci --help`)")
     sub.add_parser("rerun", help="rerun a failed scenario from its repro bundle (`harness rerun BUNDLE`)")
     sub.add_parser("pktgen-parse", help="print a saved netmap pkt-gen log as JSON (`harness pktgen-parse FILE`)")
 
@@ -74,7 +77,7 @@ def scenario_paths(names: Sequence[str]) -> list[str]:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = doctor.run_checks(args.qemu)
+    checks = doctor.run_checks(args.qemu, guest_netmap=args.guest_netmap)
     print(doctor.format_table(checks))
     ok = doctor.tcg_path_ok(checks)
     print("\nthe TCG path can run here" if ok else "\nthe harness cannot run here: see the 'no' lines above")

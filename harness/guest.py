@@ -205,6 +205,10 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
     image = GuestImage.load(config.image or default_image(profile.name), expect_os=profile.name,
                             check_timeout=timeouts.image)
     run_dir = _writable_run_dir(run_dir)
+    if config.guest_netmap is not None:  # a bad netmap directory fails before anything starts
+        from harness.guest_netmap import NetmapBuild
+
+        NetmapBuild.from_directory(config.guest_netmap)
     check_host()
     require_qemu(config.qemu)
     accel, accel_reason = resolve_accel(config.accel, config.qemu)

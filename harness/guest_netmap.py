@@ -231,7 +231,8 @@ class NetmapBuild:
             log.info("--guest-netmap %s: ignoring %s", directory, ", ".join(ignored))
         netmap = files["netmap.ko"].module
         if netmap is not None and netmap.name not in (None, "netmap"):
-            log.warning("%s is the kernel module %r, not netmap", files["netmap.ko"].path, netmap.name)
+            # Old netmap builds name it netmap_lin; /dev/netmap is the real test.
+            log.info("%s is the kernel module %r", files["netmap.ko"].path, netmap.name)
         return cls(directory, files)
 
     @property

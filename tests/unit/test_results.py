@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -45,17 +46,23 @@ def test_store_keeps_raw_trials_and_metrics_once_per_run_id(tmp_path):
     assert con.execute("SELECT value FROM metrics WHERE run_id='s2-guest_tx-60'").fetchone()[0] == 0.07
 
 
-def _add_many(args):
-    db, start = args
-    with ResultStore(db) as store:
-        for i in range(start, start + 20):
-            store.add(_record(f"p-{i}"))
+WRITER = """
+import sys
+from harness.results import Metric, Record, ResultStore
+with ResultStore(__import__("pathlib").Path(sys.argv[1])) as store:
+    for i in range(int(sys.argv[2]), int(sys.argv[2]) + 20):
+        rec = Record(f"p-{i}", "guest_tx", "tb", trials=[{"seconds": 1}], mpps={}, loss=0.0, bottleneck={},
+                     threshold={}, metrics=[Metric("mpps", "Mpps", "higher", 1.0)])
+        rec.finish("pass")
+        store.add(rec)
+"""
 
 
 def test_store_takes_concurrent_writers(tmp_path):
+    """Four processes append at once (separate processes, as parallel runs are)."""
     db = tmp_path / "results.sqlite"
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        pool.map(_add_many, [(db, n * 20) for n in range(4)])
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(n * 20)]) for n in range(4)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0, 0]
     with ResultStore(db) as store:
         assert len(store.records()) == 80
 
