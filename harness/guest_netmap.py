@@ -47,7 +47,7 @@ MODULES = ("netmap.ko", "virtio_net.ko")
 PROGRAMS = ("pkt-gen", "bridge")
 GUEST_DIR = "/root/netmap"
 DIR_MUST_HOLD = ("it must hold netmap.ko built for the guest kernel, and may hold a netmap-patched virtio_net.ko "
-                 "and the pkt-gen and bridge programs (see docs/guest-netmap.md)")
+                 "and the pkt-gen and bridge programs (README, 'netmap in the Linux guest')")
 SWAP_SCRIPT = "/run/harness-swap-virtio-net.sh"
 
 
@@ -289,7 +289,7 @@ class VermagicMismatch(ConfigError):
             f"{' and '.join(modules)} {'was' if len(modules) == 1 else 'were'} built for another kernel: "
             f"{theirs}, but the guest kernel {kernel.release} has vermagic {expected!r}; "
             "nothing was copied or loaded",
-            hint=f"build netmap against linux-headers-{kernel.release} (docs/guest-netmap.md)")
+            hint=f"build netmap against linux-headers-{kernel.release} (README, 'netmap in the Linux guest')")
         self.modules = modules
         self.guest_vermagic = expected
 

@@ -38,7 +38,7 @@ oldest first. Three checks run over it:
    `min_segment` runs long, so one night is never a segment of its own.
    Measured on noise-only histories, the correction and the pooled test (a
    Welch test trusts the tiny spread of a 3-run segment) took false alarms
-   from 2.2 % of 45-run histories to 0.02 % (docs/report.md).
+   from 2.2 % of 45-run histories to 0.02 % (README, "The nightly performance report").
 
 A **confirmed regression** (`confirmed_regressions`) is a change point at run
 *i* such that:
