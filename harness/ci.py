@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness.config import RunConfig
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, run_command
 from harness.image import REPO_ROOT, GuestImage, default_image, images_dir
 from harness.options import OPTIONS
 
@@ -892,14 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="harness ci: %(levelname)s: %(message)s")
     handlers = {"run": cmd_job, "cache-key": cmd_cache_key, "report": cmd_report, "history-add": cmd_history_add}
-    try:
-        return handlers[command](args)
-    except HarnessError as exc:
-        print(f"harness ci{'' if command == 'run' else ' ' + command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("harness ci: interrupted", file=sys.stderr)
-        return 130
+    return run_command(f"harness ci{'' if command == 'run' else ' ' + command}", lambda: handlers[command](args))
 
 
 if __name__ == "__main__":

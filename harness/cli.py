@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import signal
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import __version__, doctor
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, run_command
 from harness.image import REPO_ROOT
 from harness.options import OPTIONS, config_from
 
@@ -177,22 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "image": cmd_image, "run": cmd_run}
-    try:
-        return handlers[args.command](args)
-    except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `harness ... | head`
-        return 0
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        print(f"harness: error: no space left on the device holding {exc.filename or 'the run directory'}\n"
-              "  what to do: free space, or pass --run-dir on a larger file system", file=sys.stderr)
-        return 2
+    return run_command("harness", lambda: handlers[args.command](args))
 
 
 if __name__ == "__main__":

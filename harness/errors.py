@@ -7,6 +7,10 @@ attributes so reports can attach it.
 
 from __future__ import annotations
 
+import errno
+import sys
+from collections.abc import Callable
+
 
 class HarnessError(Exception):
     """Base of all harness errors."""
@@ -114,3 +118,25 @@ class CommandError(HarnessError):
 
 def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines()) or prefix + "(empty)"
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a command line's body the harness's way: a HarnessError is one
+    `<prog>: error: ...` line and exit 2, a full disk is said plainly, Ctrl-C
+    (or SIGTERM, which the CLIs turn into one) is 130, a closed pipe is quiet."""
+    try:
+        return body()
+    except HarnessError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `harness ... | head`
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"{prog}: error: no space left on the device holding {exc.filename or 'the run directory'}\n"
+              "  what to do: free space, or pass --run-dir on a larger file system", file=sys.stderr)
+        return 2

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from harness.diskimage import parse_size
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, run_command
 from harness.freebsd_provision import (
     GuestPlan,
     KernelChoice,
@@ -345,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet or args.dry_run else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+
+    def body() -> int:
         req = request_from_args(args)
         if args.dry_run:
             print("\n".join(dry_run_lines(req)))
@@ -355,12 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         image = build(req)
         print(f"FreeBSD image ready in {image.root}\n  {image_summary(image.manifest)}")
         return 0
-    except HarnessError as exc:
-        print(f"harness image build freebsd: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("harness image build freebsd: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command("harness image build freebsd", body)
 
 
 if __name__ == "__main__":

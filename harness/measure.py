@@ -98,6 +98,19 @@ class Measurement:
         sent = sum(t.sent for t in self.trials)
         return (sent - sum(t.received for t in self.trials)) / sent if sent else 0.0
 
+    def meter_disagreements(self, tolerance: float = 0.01) -> list[str]:
+        """Trials where the generator and the counters at the same end do not
+        agree within `tolerance`, in count or in rate over the same interval."""
+        problems = []
+        for index, t in enumerate(self.trials, 1):
+            if abs(t.generator_packets - t.sent) > tolerance * max(t.sent, 1):
+                problems.append(f"trial {index}: generator counted {t.generator_packets}, "
+                                f"the sender's interface {t.sent}")
+            if abs(t.generator_mpps - t.sender_counters_mpps) > tolerance * max(t.sender_counters_mpps, 1e-12):
+                problems.append(f"trial {index}: generator {t.generator_mpps:.5f} Mpps, "
+                                f"sender counters {t.sender_counters_mpps:.5f} Mpps")
+        return problems
+
     def generator_vs_counters(self) -> float:
         """Largest relative gap, over the trials, between the generator's count
         and the counters at the same end."""

@@ -20,11 +20,9 @@ def test_guest_rx(guest, record, run_config, session_dir, frame_bytes):
     result, threshold = run_scenario(guest, record, run_config, "guest_rx", frame_bytes,
                                      session_dir / record.run_id)
 
-    # Two meters on the sending end agree: the generator's count and the host
-    # TAP's counters, and so their rates over the same interval.
-    assert result.generator_vs_counters() <= 0.01, record.trials
-    for trial in result.trials:
-        assert trial.generator_mpps == pytest.approx(trial.sender_counters_mpps, rel=0.01)
+    # Two meters on the sending end agree: the generator's own count and
+    # the host TAP's counters, and so their rates over the same interval.
+    assert not result.meter_disagreements(0.01), result.meter_disagreements(0.01)
     assert result.loss <= LOSS_BOUND, f"{result.loss:.2%} of the frames handed to the guest were not counted"
     assert result.mpps["receiver_counters"] > 0
     assert record.bottleneck["side"] in ("receiver (guest)", "sender (host)")

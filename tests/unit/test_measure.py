@@ -57,3 +57,11 @@ def test_guest_tx_receiver_drops_make_the_host_the_limit():
     m = Measurement([_trial(1000, 1000, 900, receiver_dropped=100)], "guest", {})
     assert m.bottleneck["side"] == "receiver (host)"
     assert Measurement([_trial(1000, 1000, 1000)], "guest", {}).bottleneck["side"] == "sender (guest)"
+
+
+def test_meter_disagreements_name_the_trial():
+    m = Measurement([_trial(1000, 1000, 1000), _trial(1030, 1000, 1000)], "guest", {})
+    problems = m.meter_disagreements(0.01)
+    assert problems == ["trial 2: generator counted 1030, the sender's interface 1000",
+                        "trial 2: generator 0.00026 Mpps, sender counters 0.00025 Mpps"]
+    assert m.meter_disagreements(0.05) == []
