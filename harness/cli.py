@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import __version__, doctor
-from harness.errors import ConfigError, run_command
+from harness.errors import ConfigError, run_command, sigterm_as_interrupt
 from harness.image import REPO_ROOT
 from harness.options import OPTIONS, config_from
 
@@ -106,8 +106,6 @@ def cmd_boot(args: argparse.Namespace) -> int:
         return result.status
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # the same orderly teardown as Ctrl-C
 
 
 def _wait_for_interrupt() -> None:
@@ -166,13 +164,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     if argv[:1] and argv[0] in PASSTHROUGH:  # commands with parsers of their own
         import importlib
 
         return int(importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers = {"doctor": cmd_doctor, "boot": cmd_boot, "image": cmd_image, "run": cmd_run}

@@ -120,6 +120,12 @@ def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines()) or prefix + "(empty)"
 
 
+def sigterm_as_interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler: CI cancelling a job, or `kill`, gets the same
+    orderly teardown as Ctrl-C, so nothing is left behind."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_command(prog: str, body: Callable[[], int]) -> int:
     """Run a command line's body the harness's way: a HarnessError is one
     `<prog>: error: ...` line and exit 2, a full disk is said plainly, Ctrl-C

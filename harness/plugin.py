@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from harness.config import RunConfig
-from harness.errors import HarnessError, ImageError, PreconditionError
+from harness.errors import HarnessError, ImageError, PreconditionError, sigterm_as_interrupt
 from harness.guest import Guest, boot_guest, new_run_id
 from harness.host_tap import HostNetwork
 from harness.options import OPTIONS, config_from
@@ -36,14 +36,9 @@ _BUNDLE = pytest.StashKey[tuple[Path, list[Path]]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # SIGTERM (CI cancelling a job, `kill`) gets the same orderly teardown as
-    # Ctrl-C: pytest finalizes every fixture, so nothing is left behind.
+    # On SIGTERM pytest finalizes every fixture, as on Ctrl-C.
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, sigterm_as_interrupt)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
