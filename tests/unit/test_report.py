@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from harness import report
-from harness.results import Metric, Record, ResultStore, config_key, write_json
+from harness.results import Metric, Record, ResultStore, add_all, config_key, read_json_dir, write_json
 
 T0 = datetime(2026, 10, 1, 2, 0, tzinfo=UTC)
 SHA_OLD, SHA_NEW = "3fd35b0" + "1" * 33, "9c41e7a" + "2" * 33
@@ -383,3 +383,28 @@ def test_help_shows_nightly_ci_usage(capsys: pytest.CaptureFixture[str]) -> None
     assert "harness report history/*.sqlite runs/ --out report.html --markdown" in text
     assert "a run id is\ncounted once" in text
     assert report.main([]) == 2
+
+
+# --- real records ----------------------------------------------------------------------------------
+
+REAL_RECORDS = Path(__file__).resolve().parent.parent / "fixtures" / "records"
+
+
+def test_real_records_from_the_scenarios_go_through_the_whole_path(tmp_path: Path) -> None:
+    """Records the four scenarios wrote on this project's TCG machine (copied
+    unchanged into tests/fixtures/records) -> a store -> the report -> exit 0."""
+    store_path = tmp_path / "results.sqlite"
+    with ResultStore(store_path) as store:
+        assert add_all(store, read_json_dir(REAL_RECORDS)) == 4
+    code, out = run_report(tmp_path, [store_path, REAL_RECORDS])
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out["csv"])))
+    metrics = {(r["config_key"].split("/")[0], r["metric"]) for r in rows}
+    assert metrics == {("guest_tx", "mpps"), ("guest_rx", "mpps"), ("host_rings", "ping_rtt_avg_ms"),
+                       ("host_rings", "tcp_host_to_guest_mbps"), ("host_rings", "tcp_guest_to_host_mbps"),
+                       ("smoke", "console_ready_s"), ("smoke", "ssh_ready_s")}
+    tx = next(r for r in rows if r["config_key"].startswith("guest_tx/"))
+    assert tx["config_key"] == "guest_tx/linux/linux-pktgen->host-counters/60B/q1/tcg/novhost"
+    assert float(tx["value"]) == pytest.approx(json.loads(next(REAL_RECORDS.glob("*guest_tx-60.json")).read_text())
+                                               ["metrics"][0]["value"])
+    assert "linux-pktgen" in out["html"] and "too few runs" in out["html"]
