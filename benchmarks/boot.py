@@ -76,9 +76,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="harness-boot-bench-") as tmp:
         for i in range(args.boots):
             with boot_guest(config, Path(tmp, f"boot{i}")) as guest:
-                prompt.append(guest.timings["login_prompt"])
-                console.append(guest.timings["console_ready"])
-                ssh.append(guest.timings["ssh_ready"])
+                prompt.append(guest.since_start["login_prompt"])
+                console.append(guest.since_start["console_ready"])
+                ssh.append(guest.since_start["ssh_ready"])
                 accel = guest.facts["accel"]
             bare.append(bare_boot(image, accel))
             print(f"boot {i + 1}: harness login prompt {prompt[-1]:.2f} s, console {console[-1]:.2f} s, "

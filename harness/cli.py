@@ -90,8 +90,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     run_dir = config.run_dir / "boot"
     announce = (lambda argv: print(f"QEMU: {argv}", flush=True)) if config.show_qemu else None
     with boot_guest(config, run_dir, announce=announce) as guest:
-        print(f"guest up: console in {guest.timings['console_ready']:.1f} s, "
-              f"SSH in {guest.timings['ssh_ready']:.1f} s, accelerator {guest.facts['accel']}", flush=True)
+        print(f"guest up: console in {guest.since_start['console_ready']:.1f} s, "
+              f"SSH in {guest.since_start['ssh_ready']:.1f} s, accelerator {guest.facts['accel']}", flush=True)
         if args.console_command:
             result = guest.console.run(args.console_command, timeout=config.timeouts.trial)
         elif args.guest_command:

@@ -56,7 +56,10 @@ class Guest:
     run_dir: Path
     run_id: str
     dut_ifname: str
+    # Seconds each phase took (image ... ssh_ready, then teardown) ...
     timings: dict[str, float] = field(default_factory=dict)
+    # ... and seconds from QEMU's start to the login prompt, console ready, SSH ready.
+    since_start: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     panic_watch: PanicWatch | None = None
     _status_checked: float = 0.0
@@ -196,8 +199,8 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
 
     Phases and their deadlines (config.timeouts): image, network_up,
     qemu_start, boot_to_console, login, ssh_ready; teardown on the way out.
-    guest.timings holds each phase's seconds, and `console_ready` /
-    `ssh_ready` counted from QEMU's start."""
+    guest.timings holds each phase's seconds; guest.since_start the seconds
+    from QEMU's start to the login prompt, console ready and SSH ready."""
     run_id = run_id or new_run_id()
     timeouts = config.timeouts
     phases = Phases()
@@ -241,24 +244,24 @@ def boot_guest(config: RunConfig, run_dir: Path, *, nic_props: dict[str, str] | 
             console.login(prompt, Deadline(timeouts.login, "login"))
             phases.done("login")
             timings = phases.seconds
-            timings["login_prompt"] = timings["qemu_start"] + timings["boot_to_console"]
-            timings["console_ready"] = time.monotonic() - started
+            since_start = {"login_prompt": timings["qemu_start"] + timings["boot_to_console"],
+                           "console_ready": time.monotonic() - started}
             host_key = console.run(profile.host_key_command(), check=True).output
             console.run(profile.authorize_key_command(key.public), check=True)
             ssh = stack.enter_context(SSHSession("127.0.0.1", vm.ssh_port, key, parse_host_key(host_key)))
             ssh.connect(Deadline(timeouts.ssh_ready, "ssh_ready"))
             phases.done("ssh_ready")
-            timings["ssh_ready"] = time.monotonic() - started
+            since_start["ssh_ready"] = time.monotonic() - started
             facts = {**vm.facts, "accel_reason": accel_reason, "vhost_reason": vhost_reason,
                      "host_cpu": host_cpu_model(), "host_kernel": os.uname().release}
             guest = Guest(config, profile, image, net, vm, console, ssh, run_dir, run_id,
-                          profile.dut_ifname(ssh, DUT_MAC), timings, facts)
+                          profile.dut_ifname(ssh, DUT_MAC), timings, since_start, facts)
             if config.guest_netmap is not None:
                 from harness.guest_netmap import install
 
                 guest.facts["netmap"] = install(guest, config.guest_netmap)
             log.info("guest %s up: console in %.1f s, SSH in %.1f s (%s)", run_id,
-                     timings["console_ready"], timings["ssh_ready"], accel)
+                     since_start["console_ready"], since_start["ssh_ready"], accel)
             stack.callback(phases.mark)  # unwinding runs this first: teardown starts here
             yield guest
 

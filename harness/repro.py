@@ -64,7 +64,7 @@ def snapshot_guest(guest: Guest, into: Path) -> None:
     identity = {"image": guest.image.identity, "guest_kernel": guest.facts.get("guest_kernel"),
                 "accel": guest.facts.get("accel"), "vhost": guest.facts.get("vhost"),
                 "qemu_version": guest.facts.get("qemu_version"), "nic_props": guest.vm.spec.nic_props,
-                "run_id": guest.run_id, "timings": guest.timings}
+                "run_id": guest.run_id, "timings": guest.timings, "since_start": guest.since_start}
     (into / "image.json").write_text(json.dumps(identity, indent=2, default=str) + "\n")
 
 
