@@ -23,9 +23,6 @@ class Deadline:
     def remaining(self) -> float:
         return max(0.0, self.end - time.monotonic())
 
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
     @property
     def expired(self) -> bool:
         return time.monotonic() >= self.end

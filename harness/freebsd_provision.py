@@ -21,7 +21,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -492,6 +492,3 @@ def boot_diagnosis(console_text: str) -> str:
                 "very slow (TCG); raise the timeouts with --timeout-scale")
     return "the console shows output but no FreeBSD loader, kernel or getty: is this a FreeBSD image?"
 
-
-def with_base_url(plan: GuestPlan, base_url: str) -> GuestPlan:
-    return replace(plan, base_url=base_url)

@@ -291,18 +291,6 @@ def parse_vmstat_interrupts_json(text: str, device: str) -> dict[str, int]:
     return counts
 
 
-def parse_vmstat_interrupts_text(text: str, device: str) -> dict[str, int]:
-    """The same from plain `vmstat -i` (`%-*s %20lu %10lu` rows, then Total)."""
-    counts: dict[str, int] = {}
-    for line in text.splitlines():
-        fields = line.rsplit(None, 2)
-        if len(fields) != 3 or not fields[1].isdigit() or fields[0] == "Total":
-            continue
-        if device in _interrupt_handlers(fields[0]):
-            counts[fields[0]] = int(fields[1])
-    return counts
-
-
 def _interrupt_handlers(name: str) -> list[str]:
     _, _, handlers = name.partition(": ")
     return [h.rstrip("+*") for h in handlers.split()]

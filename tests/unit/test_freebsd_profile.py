@@ -34,7 +34,6 @@ from harness.guests.freebsd import (
     parse_netmap_rings,
     parse_netstat_interface_json,
     parse_vmstat_interrupts_json,
-    parse_vmstat_interrupts_text,
     split_device,
 )
 from harness.host_tap import Counters
@@ -230,11 +229,6 @@ def test_vmstat_interrupts_source_only() -> None:
     assert parse_vmstat_interrupts_json(VMSTAT_JSON, "virtio_pci2") == {
         "irq24: virtio_pci2": 7, "irq25: virtio_pci2": 1234, "irq26: virtio_pci2": 567}
     assert parse_vmstat_interrupts_json(VMSTAT_JSON, "virtio_pci1") == {"irq11: virtio_pci1 uhci0+": 9}
-    text = ("interrupt                          total       rate\n"
-            "irq1: atkbd0                         100          0\n"
-            "irq25: virtio_pci2                  1234         12\n"
-            "Total                               1334         12\n")
-    assert parse_vmstat_interrupts_text(text, "virtio_pci2") == {"irq25: virtio_pci2": 1234}
     with pytest.raises(HarnessError):
         parse_vmstat_interrupts_json("vmstat: sysctl(hw.intrcnt): ...", "virtio_pci2")
 
