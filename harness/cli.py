@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import __version__, doctor
-from harness.errors import ConfigError, run_command, sigterm_as_interrupt
+from harness.errors import ConfigError, run_command, treat_sigterm_as_interrupt
 from harness.image import REPO_ROOT
 from harness.options import OPTIONS, config_from
 
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+    treat_sigterm_as_interrupt()
     if argv[:1] and argv[0] in PASSTHROUGH:  # commands with parsers of their own
         import importlib
 

@@ -8,6 +8,8 @@ attributes so reports can attach it.
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -120,10 +122,21 @@ def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines()) or prefix + "(empty)"
 
 
-def sigterm_as_interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler: CI cancelling a job, or `kill`, gets the same
-    orderly teardown as Ctrl-C, so nothing is left behind."""
-    raise KeyboardInterrupt(f"signal {signum}")
+def treat_sigterm_as_interrupt() -> None:
+    """From now on SIGTERM (CI cancelling a job, `kill`) gets the same orderly
+    teardown as Ctrl-C in this process, so nothing is left behind.
+
+    A child that a library forks from this process (pyroute2 does, to open
+    sockets in a namespace) inherits the handler; there SIGTERM must end the
+    child at once, never run this process's teardown a second time."""
+    owner = os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def run_command(prog: str, body: Callable[[], int]) -> int:

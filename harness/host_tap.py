@@ -78,6 +78,13 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     return box["value"]
 
 
+def netlink_in(netns_name: str) -> IPRoute:
+    """An rtnetlink handle in namespace `netns_name`, its socket opened there by
+    a thread (pyroute2's own IPRoute(netns=...) forks a helper process)."""
+    sock = in_netns(netns_name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
+    return IPRoute(use_socket=sock)
+
+
 def open_tap_queue(ifname: str) -> int:
     """Open (creating on first use) one queue of multiqueue TAP `ifname` in the
     calling thread's namespace; the device lives while a queue fd is open."""
@@ -230,9 +237,7 @@ class HostNetwork:
         return list(self._fds[self.taps[index]])
 
     def _open_netlink(self) -> IPRoute:
-        """A netlink (rtnetlink) handle whose socket a thread opened inside the namespace."""
-        sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0))
-        return IPRoute(use_socket=sock)
+        return netlink_in(self.netns)
 
     def _require_open(self) -> IPRoute:
         if self._ipr is None:

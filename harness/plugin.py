@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from harness.config import RunConfig
-from harness.errors import HarnessError, ImageError, PreconditionError, sigterm_as_interrupt
+from harness.errors import HarnessError, ImageError, PreconditionError, treat_sigterm_as_interrupt
 from harness.guest import Guest, boot_guest, new_run_id
 from harness.host_tap import HostNetwork
 from harness.options import OPTIONS, config_from
@@ -38,7 +37,7 @@ _BUNDLE = pytest.StashKey[tuple[Path, list[Path]]]()
 def pytest_configure(config: pytest.Config) -> None:
     # On SIGTERM pytest finalizes every fixture, as on Ctrl-C.
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, sigterm_as_interrupt)
+        treat_sigterm_as_interrupt()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

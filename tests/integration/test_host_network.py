@@ -11,7 +11,7 @@ from pyroute2 import IPRoute, netns
 
 from harness import leases
 from harness.errors import ConfigError
-from harness.host_tap import HostNetwork
+from harness.host_tap import HostNetwork, netlink_in
 from tests.conftest import assert_nothing_left
 
 pytestmark = pytest.mark.netns
@@ -36,7 +36,7 @@ def test_comes_up_in_its_own_namespace_and_goes_away_completely(root_only):
         # Nothing appeared in the root namespace, and nothing there got an address.
         assert _root_links() == links_before
         assert _root_addresses() == addrs_before
-        with IPRoute(netns=net.netns) as ipr:
+        with netlink_in(net.netns) as ipr:
             bridge = ipr.link("get", ifname=net.bridge)[0]
             assert bridge.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) == "bridge"
             addrs = [a.get("IFA_ADDRESS") for a in ipr.get_addr(index=bridge["index"])]
@@ -92,7 +92,7 @@ def test_sweeps_namespace_of_dead_owner(root_only):
 
 
 def test_orphan_namespace_without_lease_is_swept(root_only):
-    netns.create("hns-t0orph1")
+    subprocess.run(["ip", "netns", "add", "hns-t0orph1"], check=True)
     removed = leases.sweep()
     assert "netns hns-t0orph1 (no lease)" in removed
     assert "hns-t0orph1" not in netns.listnetns()
