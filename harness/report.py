@@ -690,7 +690,8 @@ def grid_fields(record: dict[str, Any]) -> dict[str, str]:
     return {"scenario": str(record.get("scenario")), "guest_os": str(record.get("guest_os") or "-"),
             "engines": f"{engines.get('sender', '?')} -> {engines.get('receiver', '?')}",
             "accel": f"{record.get('accel') or '?'}{' vhost' if record.get('vhost') else ''}",
-            "frame": f"{record.get('frame_bytes')} B", "queues": f"{record.get('queues')} q"}
+            "frame": f"{record['frame_bytes']} B" if record.get("frame_bytes") else "no frame size",
+            "queues": f"{record.get('queues')} q"}
 
 
 def status_grids(report: Report) -> list[dict[str, Any]]:
