@@ -113,7 +113,8 @@ class KernelPktgen(Engine):
 
     @classmethod
     def available(cls, runner: Runner) -> bool:
-        return runner.run(f"modprobe pktgen 2>/dev/null; test -w {cls.PROC}/pgctrl").ok
+        """Loaded, or loadable (asking does not load it; start() does)."""
+        return runner.run(f"test -w {cls.PROC}/pgctrl || modinfo pktgen >/dev/null 2>&1").ok
 
     def _write(self, path: str, *lines: str) -> None:
         script = "; ".join(f"echo {shlex.quote(line)} > {path}" for line in lines)
