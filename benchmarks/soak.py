@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,14 @@ from pathlib import Path
 from pyroute2 import netns
 
 from harness import leases
+from harness.vm import run_ids_in
 
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("image", "network_up", "qemu_start", "boot_to_console", "login", "ssh_ready", "teardown")
 
 
 def leftovers(run_dir: Path) -> int:
-    ids = set()
-    for argv in run_dir.rglob("qemu.argv"):
-        match = re.search(r"-name harness-(\w+),", argv.read_text())
-        if match:
-            ids.add(match.group(1))
+    ids = run_ids_in(run_dir)
     qemu = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
     count = sum(1 for n in netns.listnetns() for i in ids if n == f"{leases.NETNS_PREFIX}{i}")
     count += sum(1 for line in qemu.splitlines() for i in ids if f"harness-{i}," in line)

@@ -46,7 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option.flag, **option.kwargs())
 
 
-def _strict() -> bool:
+def strict_mode() -> bool:
+    """HARNESS_STRICT set (CI): a missing precondition fails rather than skips."""
     return os.environ.get("HARNESS_STRICT", "") not in ("", "0")
 
 
@@ -83,7 +84,7 @@ def _booted(config: RunConfig, run_dir: Path, request: pytest.FixtureRequest,
         cm = boot_guest(config, run_dir, nic_props=nic_props, announce=announce)
         guest = cm.__enter__()
     except (PreconditionError, ImageError) as exc:
-        if _demanded(config, exc) or _strict():
+        if _demanded(config, exc) or strict_mode():
             raise
         pytest.skip(f"cannot boot a guest here: {exc}")
     _ACTIVE.append(guest)

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,6 +37,7 @@ DUT_PCI_SLOT = 3   # the NIC under test probes first: eth0 / vtnet0
 MGMT_PCI_SLOT = 4
 DISK_PCI_SLOT = 5
 MGMT_GUEST_IP = "10.0.2.15"  # QEMU user-mode networking's default guest address
+_NAME = re.compile(r"-name harness-(\w+),")
 FIRMWARE = {"bios": None, "uefi": "/usr/share/OVMF/OVMF_CODE.fd"}
 
 
@@ -82,7 +84,7 @@ def build_argv(spec: VMSpec, *, tap_fds: list[int] | None, overlay: Path, run_di
     image = spec.image
     accel = f"{spec.machine},accel={spec.accel}"
     cpu = "host" if spec.accel == "kvm" else "max"
-    argv = [spec.qemu, "-name", f"harness-{spec.name},debug-threads=on",
+    argv = [spec.qemu, "-name", f"harness-{spec.name},debug-threads=on",  # _NAME reads it back
             "-machine", accel, "-cpu", cpu, "-smp", str(spec.vcpus), "-m", str(spec.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
             "-S",  # start paused: the harness resumes once it listens on the console
@@ -115,6 +117,16 @@ def build_argv(spec: VMSpec, *, tap_fds: list[int] | None, overlay: Path, run_di
                         f"hostfwd=tcp:127.0.0.1:{ssh_port}-{MGMT_GUEST_IP}:22",
              "-device", f"{spec.mgmt_model},netdev=mgmt0,mac={spec.mgmt_mac},addr={MGMT_PCI_SLOT:#x}"]
     return argv + list(spec.extra_args)
+
+
+def run_ids_in(directory: Path) -> set[str]:
+    """Run ids of the VMs started under `directory`, from their qemu.argv."""
+    ids = set()
+    for argv in directory.rglob("qemu.argv"):
+        match = _NAME.search(argv.read_text())
+        if match:
+            ids.add(match.group(1))
+    return ids
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,20 +10,17 @@ from pathlib import Path
 import pytest
 
 from harness import leases
+from harness.plugin import strict_mode
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = [sys.executable, "-m", "harness.cli"]
-
-
-def _strict() -> bool:
-    return os.environ.get("HARNESS_STRICT", "") not in ("", "0")
 
 
 @pytest.fixture
 def root_only() -> None:
     """Integration tests make namespaces and TAPs: root only (an error in CI)."""
     if os.geteuid() != 0:
-        if _strict():
+        if strict_mode():
             pytest.fail("integration tests need root (HARNESS_STRICT is set)")
         pytest.skip("needs root: it creates network namespaces and TAP devices")
 
@@ -75,16 +71,6 @@ def no_new_leftovers():
     yield
     left = own_state() - before
     assert not left, f"left behind: {sorted(left)}"
-
-
-def run_ids_in(run_dir: Path) -> set[str]:
-    """Run ids of the guests a (child) run booted under `run_dir`."""
-    ids = set()
-    for argv in run_dir.rglob("qemu.argv"):
-        match = re.search(r"-name harness-(\w+),", argv.read_text())
-        if match:
-            ids.add(match.group(1))
-    return ids
 
 
 def run_harness(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -20,7 +20,8 @@ from harness.config import RunConfig, Timeouts
 from harness.errors import DiskFull, GuestPanic, PhaseTimeout, QEMUError
 from harness.guest import boot_guest
 from harness.traffic import Datapath
-from tests.conftest import REPO, assert_nothing_left, harness_netns, run_ids_in
+from harness.vm import run_ids_in
+from tests.conftest import REPO, assert_nothing_left, harness_netns
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("root_only")]
 

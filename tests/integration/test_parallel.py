@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, assert_nothing_left, run_ids_in
+from harness.vm import run_ids_in
+from tests.conftest import REPO, assert_nothing_left
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("root_only")]
 

@@ -30,14 +30,11 @@ from harness.guest_netmap import (
     read_modinfo,
 )
 from harness.image import GuestImage, default_image
+from harness.plugin import strict_mode
 from harness.traffic import Capabilities, choose
 
 # Modules taken out of the image: small ones without dependencies, and virtio_net.
 IMAGE_MODULES = ("kernel/lib", "kernel/drivers/net/virtio_net.ko", "kernel/drivers/net/dummy.ko")
-
-
-def _strict() -> bool:
-    return os.environ.get("HARNESS_STRICT", "") not in ("", "0")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ def image_modules(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     try:
         image = GuestImage.load(default_image("linux"), expect_os="linux", check=False)
     except ImageError as exc:
-        if _strict():
+        if strict_mode():
             raise
         pytest.skip(f"needs the Debian guest image: {exc}")
     missing = [tool for tool in ("qemu-img", "debugfs") if shutil.which(tool) is None]
