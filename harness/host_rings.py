@@ -139,6 +139,16 @@ def ping(guest: Guest, count: int = 100, interval: float = 0.05, timeout: float 
     return parse_ping(proc.stdout + proc.stderr)
 
 
+def wait_reachable(guest: Guest, deadline: Deadline) -> None:
+    """Poll until the guest answers one ping. After the NIC changes hands
+    (netmap opens or closes it, a link comes back) the first frames can be lost
+    while links settle and ARP is relearned; loss is measured after this."""
+    def answers() -> bool:
+        probe = guest.net.run(["ping", "-c", "1", "-W", "1", guest.ip], timeout=5, check=False)
+        return probe.returncode == 0
+    deadline.wait_for(answers, f"the guest at {guest.ip} to answer ping", interval=0.2)
+
+
 def interrupts(guest: Guest) -> dict[str, int]:
     return guest.profile.interrupt_counts(guest.console, guest.dut_ifname)
 

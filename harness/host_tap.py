@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import logging
 import os
 import shlex
@@ -43,6 +44,7 @@ IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 CLONE_NEWNET = 0x40000000
+BR_STATE_FORWARDING = 3  # include/uapi/linux/if_bridge.h
 IFNAMSIZ = 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -193,8 +195,7 @@ class HostNetwork:
             ipr.addr("add", index=bridge_index, address=address, prefixlen=int(prefix))
             ipr.link("set", index=bridge_index, state="up")
             for tap in self.taps:
-                self._fds[tap] = in_netns(
-                    self.netns, lambda tap=tap: [open_tap_queue(tap) for _ in range(self.queues)])
+                self._fds[tap] = in_netns(self.netns, functools.partial(self._open_queues, tap))
                 index = ipr.link_lookup(ifname=tap)[0]
                 ipr.link("set", index=index, master=bridge_index, state="up")
             log.info("host network up: netns %s, bridge %s (%s), taps %s x %d queues",
@@ -202,6 +203,9 @@ class HostNetwork:
         except BaseException:
             self.close()
             raise
+
+    def _open_queues(self, tap: str) -> list[int]:
+        return [open_tap_queue(tap) for _ in range(self.queues)]
 
     @staticmethod
     def _quiet_namespace() -> None:
@@ -256,9 +260,28 @@ class HostNetwork:
         stats = links[0].get("IFLA_STATS64")
         return Counters(**{f.name: int(stats.get(f.name, 0)) for f in fields(Counters)})
 
-    def link_state(self, ifname: str, up: bool) -> None:
+    def link_state(self, ifname: str, up: bool, timeout: float = 10.0) -> None:
+        """Set `ifname` down or up. Up returns only once the bridge forwards on
+        the port: the kernel enables a bridge port when the link's operstate
+        turns up, which linkwatch does asynchronously, and until then frames
+        to the port are dropped."""
         ipr = self._require_open()
-        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up" if up else "down")
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.link("set", index=index, state="up" if up else "down")
+        if up:
+            Deadline(timeout, f"link {ifname} up").wait_for(
+                lambda: self.port_forwarding(ifname), f"{ifname} to forward in bridge {self.bridge}")
+
+    def port_forwarding(self, ifname: str) -> bool:
+        """True when `ifname` is up and, if it is a bridge port, forwarding."""
+        link = self._require_open().link("get", ifname=ifname)[0]
+        if link.get("IFLA_OPERSTATE") not in ("UP", "UNKNOWN"):
+            return False
+        info = link.get("IFLA_LINKINFO")
+        slave = info.get("IFLA_INFO_SLAVE_DATA") if info is not None else None
+        if slave is None:
+            return True
+        return slave.get("IFLA_BRPORT_STATE") == BR_STATE_FORWARDING
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` made to run inside the namespace."""

@@ -61,7 +61,8 @@ def test_host_rings(rings_guest, record, run_config, session_dir):
         record.details["bridge_ready"] = ready.__dict__
         steps["bridge_start"] = "done"
     try:
-        # 3. Ping from the host namespace.
+        # 3. Ping from the host namespace, counted once the guest answers.
+        host_rings.wait_reachable(g, Deadline(30, "guest reachable through the bridge"))
         stats = host_rings.ping(g, PINGS)
         record.details["ping"] = stats.__dict__
         assert stats.received == PINGS and stats.loss_percent == 0.0, stats
@@ -87,6 +88,7 @@ def test_host_rings(rings_guest, record, run_config, session_dir):
         steps["bridge_stop_and_ping"] = f"skipped: {skipped}"
         steps["bridge_stress"] = f"skipped: {skipped}"
     else:
+        host_rings.wait_reachable(g, Deadline(30, "guest reachable after the bridge stopped"))
         again = host_rings.ping(g, 20)
         assert again.loss_percent == 0.0, again
         steps["bridge_stop_and_ping"] = "done"

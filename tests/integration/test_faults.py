@@ -17,6 +17,7 @@ import pytest
 
 from harness import host_rings
 from harness.config import RunConfig, Timeouts
+from harness.deadline import Deadline
 from harness.errors import DiskFull, GuestPanic, PhaseTimeout, QEMUError
 from harness.guest import boot_guest
 from harness.traffic import Datapath
@@ -152,7 +153,10 @@ def test_link_cut_during_a_tcp_transfer_fails_it_with_the_bytes_moved(guest, tmp
     assert cut.is_set()
     assert 4 * 1024 * 1024 <= info.value.moved < 64 * 1024 * 1024
     assert "stalled" in str(info.value)
-    # The guest is fine once the link is back.
+    # The guest is fine once the link is back: the port forwards again (link_state
+    # waited for it), the host relearns the guest's MAC, then no ping is lost.
+    assert guest.net.port_forwarding(guest.host_tap)
+    host_rings.wait_reachable(guest, Deadline(10, "guest reachable after the link came back"))
     assert host_rings.ping(guest, 5, 0.2).loss_percent == 0.0
 
 

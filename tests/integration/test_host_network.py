@@ -10,7 +10,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from harness import leases
-from harness.errors import ConfigError
+from harness.errors import ConfigError, PhaseTimeout
 from harness.host_tap import HostNetwork, netlink_in
 from tests.conftest import assert_nothing_left
 
@@ -66,6 +66,23 @@ def test_counters_follow_real_traffic(root_only):
         net.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.99"], timeout=15, check=False)
         after = net.counters(net.bridge)
         assert (after - before).tx_packets >= 3
+
+
+def test_link_up_returns_once_the_bridge_forwards_on_the_port(root_only):
+    with HostNetwork("t0net4") as net:
+        tap = net.taps[0]
+        assert net.port_forwarding(tap)
+        net.link_state(tap, up=False)
+        assert not net.port_forwarding(tap)
+        # A bridge that is down never enables its ports: waiting for the port
+        # times out, naming the link, instead of returning early.
+        net.link_state(net.bridge, up=False)
+        with pytest.raises(PhaseTimeout, match=f"link {tap} up"):
+            net.link_state(tap, up=True, timeout=1)
+        net.link_state(net.bridge, up=True)
+        net.link_state(tap, up=False)
+        net.link_state(tap, up=True)
+        assert net.port_forwarding(tap)
 
 
 def test_offloads_switch_and_read_back(root_only):
