@@ -20,7 +20,7 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -244,8 +244,8 @@ class QemuVM:
 
     def _confirm_accel(self) -> None:
         assert self.qmp is not None
-        kvm = self.qmp.cmd("query-kvm")
-        in_use = "kvm" if kvm.get("enabled") else "tcg"  # type: ignore[union-attr]
+        kvm = cast(dict[str, Any], self.qmp.cmd("query-kvm"))
+        in_use = "kvm" if kvm.get("enabled") else "tcg"
         if in_use != self.spec.accel:
             raise QEMUError(f"QEMU runs with {in_use}, not the {self.spec.accel} asked for",
                             exit_code=None, argv=self.argv, log_tail=self.log_tail())
@@ -287,7 +287,7 @@ class QemuVM:
             return {"status": "not running"}
         try:
             self.qmp.settimeout(timeout)
-            return dict(self.qmp.cmd("query-status"))  # type: ignore[arg-type]
+            return dict(cast(dict[str, Any], self.qmp.cmd("query-status")))
         except Exception as exc:
             return {"status": f"no answer to query-status within {timeout:.0f} s ({type(exc).__name__})"}
 
