@@ -98,8 +98,13 @@ class Guest:
     def host_counters(self) -> Counters:
         return self.net.counters(self.host_tap)
 
-    def configure_dut(self, cidr: str = GUEST_CIDR) -> None:
+    def configure_dut(self, cidr: str = GUEST_CIDR, timeout: float = 30.0) -> None:
+        """Address the NIC under test and return once its link is up in the
+        guest, so that the first frame a scenario sends is not dropped."""
         self.profile.set_address(self.ssh, self.dut_ifname, cidr)
+        Deadline(timeout, "DUT link up").wait_for(
+            lambda: self.profile.link_up(self.ssh, self.dut_ifname), f"{self.dut_ifname} link up in the guest",
+            interval=0.2)
 
     def kernel_identity(self) -> dict[str, Any]:
         """The running guest kernel; `ident` is one line that changes whenever

@@ -131,6 +131,10 @@ class GuestProfile(ABC):
         """Give the NIC an address and bring it up."""
 
     @abstractmethod
+    def link_up(self, runner: Runner, ifname: str) -> bool:
+        """Whether the NIC is up with its link active, ready to send."""
+
+    @abstractmethod
     def disable_offloads(self, runner: Runner, ifname: str) -> dict[str, bool]:
         """Switch every offload of the NIC off as far as the guest can, and
         return the offload states read back afterwards ({name: on})."""

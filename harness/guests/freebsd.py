@@ -39,6 +39,7 @@ _SYSLOG = r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ \S+?(?:\[\d+\])?: "
 _IFCONFIG_HEAD = re.compile(r"^(?P<name>[a-z][a-z0-9_.]*\d+): flags=(?P<hex>[0-9a-f]+)<(?P<flags>[^>]*)>")
 _IFCONFIG_OPTIONS = re.compile(r"^\s+options=(?P<hex>[0-9a-f]+)<(?P<caps>[A-Z0-9_,]*)>")
 _IFCONFIG_ETHER = re.compile(r"^\s+ether (?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})\b")
+_IFCONFIG_STATUS = re.compile(r"^\s+status: (?P<status>.+?)\s*$")
 _NETMAP_RINGS = re.compile(
     r"(?P<if>\S+): netmap queues/slots: TX (?P<tr>\d+)/(?P<ts>\d+), RX (?P<rr>\d+)/(?P<rs>\d+)")
 _FEATURES = re.compile(r"^(?P<hex>0x[0-9a-fA-F]+|0)(?: <(?P<names>[^>]*)>)?$")
@@ -54,6 +55,12 @@ class IfconfigEntry:
     options_hex: int | None
     options: tuple[str, ...]
     ether: str | None
+    status: str | None = None  # "active", "no carrier"; absent on lo0
+
+    @property
+    def link_up(self) -> bool:
+        """Administratively up, running, and (where reported) carrier active."""
+        return "UP" in self.flags and "RUNNING" in self.flags and self.status in (None, "active")
 
 
 class FreeBSDProfile(GuestProfile):
@@ -107,6 +114,11 @@ class FreeBSDProfile(GuestProfile):
 
     def set_address(self, runner: Runner, ifname: str, cidr: str) -> None:
         runner.run(f"ifconfig {shlex.quote(ifname)} inet {shlex.quote(cidr)} up", check=True)
+
+    def link_up(self, runner: Runner, ifname: str) -> bool:
+        result = runner.run(f"ifconfig {shlex.quote(ifname)}")
+        entry = parse_ifconfig(result.output).get(ifname) if result.ok else None
+        return entry is not None and entry.link_up
 
     def offload_states(self, runner: Runner, ifname: str) -> dict[str, bool]:
         out = runner.run(f"ifconfig {shlex.quote(ifname)}", check=True).output
@@ -195,6 +207,8 @@ def parse_ifconfig(text: str) -> dict[str, IfconfigEntry]:
             current["options"] = tuple(filter(None, opts["caps"].split(",")))
         elif current is not None and (ether := _IFCONFIG_ETHER.match(line)):
             current["ether"] = ether["mac"]
+        elif current is not None and (status := _IFCONFIG_STATUS.match(line)):
+            current["status"] = status["status"]
         elif current is not None and line and not line[0].isspace():
             close()
             current = None

@@ -51,6 +51,11 @@ class LinuxProfile(GuestProfile):
         runner.run(f"ip addr flush dev {dev} && ip addr add {shlex.quote(cidr)} dev {dev} && "
                    f"ip link set {dev} up", check=True)
 
+    def link_up(self, runner: Runner, ifname: str) -> bool:
+        # operstate turns "up" only once the guest's linkwatch has seen the
+        # carrier; until then the qdisc drops what the guest would send.
+        return runner.run(f"cat /sys/class/net/{shlex.quote(ifname)}/operstate").output.strip() == "up"
+
     def offload_states(self, runner: Runner, ifname: str) -> dict[str, bool]:
         return ethtool.offload_states(runner.run(f"ethtool -k {shlex.quote(ifname)}", check=True).output)
 

@@ -139,6 +139,18 @@ def test_ifconfig_13_2_bhyve_without_offloads() -> None:
     assert [k for k, on in lo0.items() if on] == ["rxcsum", "txcsum", "rxcsum6", "txcsum6"]
 
 
+def test_link_up_needs_up_running_and_an_active_carrier() -> None:
+    text = body(IFCONFIG_13)
+    entries = parse_ifconfig(text)
+    assert entries["vtnet0"].status == "active" and entries["vtnet0"].link_up
+    assert entries["lo0"].status is None and entries["lo0"].link_up  # lo0 reports no carrier status
+    no_carrier = parse_ifconfig(text.replace("status: active", "status: no carrier"))["vtnet0"]
+    assert no_carrier.status == "no carrier" and not no_carrier.link_up
+    not_running = parse_ifconfig(text.replace("<UP,BROADCAST,RUNNING,", "<UP,BROADCAST,"))["vtnet0"]
+    assert not not_running.link_up
+    assert not PROFILE.link_up(ScriptedRunner({}), "vtnet0")  # ifconfig failed: not up
+
+
 def test_ifconfig_15_0_kvm_with_every_offload_on() -> None:
     ifconfig = body(KVM_15).split("\n\n")[0]
     vtnet = parse_ifconfig(ifconfig)["vtnet0"]
@@ -284,6 +296,7 @@ def test_methods_ask_freebsd_the_right_questions() -> None:
     assert PROFILE.interface_counters(runner, "vtnet0").tx_dropped == 4
     assert PROFILE.netmap_rings(runner, "vtnet0") == NetmapRings(1, 4096, 1, 2048)
     assert PROFILE.kernel_identity(runner)["release"] == "15.0-RELEASE"
+    assert PROFILE.link_up(runner, "vtnet0")
     PROFILE.set_address(runner, "vtnet0", "10.0.0.1/24")
     assert all(reply in runner.replies for reply in runner.commands), runner.commands
 
