@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from harness import cpus, thresholds
 from harness.deadline import Deadline
 from harness.errors import HarnessError
+from harness.hostload import OtherLoad
 from harness.measure import Measurement, Meter, run_trial
 from harness.pktgen import SINK_IP, SINK_MAC, Engine, Flow, KernelPktgen, NetmapPktgen, Spawn, Trafgen
 from harness.results import Metric, Record
@@ -137,6 +138,8 @@ class Datapath:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         results = []
         cpu_used = window = 0.0
+        vm_proc = self.guest.vm.proc
+        others = OtherLoad(vm_proc.pid if vm_proc is not None else None)
         for index in range(trials + 1):
             warm = index == 0
             sender, receiver = self.engines()
@@ -145,11 +148,13 @@ class Datapath:
                 if receiver is not None:
                     stack.enter_context(receiver)
                 cpu0, wall0 = _cpu_seconds(), time.monotonic()
+                others.start()
                 trial = run_trial(sender, receiver, flow, seconds=warmup if warm else seconds,
                                   sender_meter=sender_meter, receiver_meter=receiver_meter,
                                   sender_field=sender_field, receiver_field=receiver_field,
                                   deadline=Deadline(trial_timeout + seconds, f"trial {index} ({self.direction})"),
                                   alive=self.guest.check_alive)
+                others.stop()
             if warm:
                 continue
             cpu_used += _cpu_seconds() - cpu0
@@ -159,7 +164,8 @@ class Datapath:
             results.append(trial)
         return Measurement(results, "guest" if self.direction == "tx" else "host",
                            {"sender": self.sender_name, "receiver": self.receiver_name},
-                           cpu_seconds_per_trial_second=cpu_used / window if window else 0.0)
+                           cpu_seconds_per_trial_second=cpu_used / window if window else 0.0,
+                           other_cpu_share=others.share, load_note=others.note())
 
 
 def _cpu_seconds() -> float:
@@ -198,5 +204,13 @@ def run_scenario(guest: Guest, record: Record, config: RunConfig, scenario: str,
                              [t.receiver_counters_mpps for t in result.trials])]
     record.details = {"spread": spread, "generator_vs_counters": result.generator_vs_counters(),
                       "harness_cpu_per_trial_second": result.cpu_seconds_per_trial_second,
+                      "host_other_cpu_share": result.other_cpu_share,
                       "trial_seconds": config.trial_seconds, "warmup_seconds": config.warmup_seconds}
     return result, verdict
+
+
+def below_floor(result: Measurement, verdict: Verdict) -> str:
+    """The failure message for a rate under its floor, naming host load when
+    others held the CPUs during the trials."""
+    message = (f"{result.mpps['receiver_counters']:.4f} Mpps < {verdict.min} Mpps ({verdict.reason})")
+    return f"{message}; {result.load_note}" if result.load_note else message

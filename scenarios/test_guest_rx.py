@@ -8,7 +8,7 @@ trafgen into the TAP and the guest interface's counters receive.
 
 import pytest
 
-from harness.traffic import run_scenario
+from harness.traffic import below_floor, run_scenario
 
 # Loss bound: frames the host TAP handed to QEMU that the guest's NIC did not
 # count. Frames the TAP could not hand over because the guest was not taking
@@ -29,5 +29,4 @@ def test_guest_rx(guest, record, run_config, session_dir, frame_bytes):
 
     if not threshold.applied:
         pytest.skip(f"rate not asserted: {threshold.reason}")
-    assert result.mpps["receiver_counters"] >= threshold.min, \
-        f"{result.mpps['receiver_counters']:.4f} Mpps < {threshold.min} Mpps ({threshold.reason})"
+    assert result.mpps["receiver_counters"] >= threshold.min, below_floor(result, threshold)

@@ -9,7 +9,7 @@ engines that ran.
 
 import pytest
 
-from harness.traffic import run_scenario
+from harness.traffic import below_floor, run_scenario
 
 
 def test_guest_tx(guest, record, run_config, session_dir, frame_bytes):
@@ -24,5 +24,4 @@ def test_guest_tx(guest, record, run_config, session_dir, frame_bytes):
 
     if not threshold.applied:
         pytest.skip(f"rate not asserted: {threshold.reason}")
-    assert result.mpps["receiver_counters"] >= threshold.min, \
-        f"{result.mpps['receiver_counters']:.4f} Mpps < {threshold.min} Mpps ({threshold.reason})"
+    assert result.mpps["receiver_counters"] >= threshold.min, below_floor(result, threshold)

@@ -1,0 +1,87 @@
+"""How busy the host's CPUs were with work other than the run's own (QEMU,
+the harness and the engines it started) during the measured trials. A rate
+measured while something else held the CPUs says more about that than about
+the datapath, and a failure should say so."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Above this share of the host's CPU capacity taken by others, a low rate is
+# reported as possibly due to the load.
+BUSY_SHARE = 0.25
+
+
+def busy_seconds(stat: str) -> float:
+    """CPU seconds all CPUs spent busy, from /proc/stat's `cpu` line (user,
+    nice, system, irq, softirq, steal; guest time is already in user)."""
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"not a /proc/stat cpu line: {stat[:60]!r}")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def process_seconds(stat: str) -> float:
+    """utime + stime of all the process's threads, from /proc/PID/stat."""
+    after_name = stat.rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / CLK_TCK  # fields 14 and 15
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+@dataclass
+class _Sample:
+    wall: float
+    busy: float
+    own: float
+
+
+class OtherLoad:
+    """Accumulates, over windows, the CPU time used by everything but the
+    given process (QEMU), this process and its reaped children."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.wall = self.other = 0.0
+        self._start: _Sample | None = None
+
+    def _sample(self) -> _Sample:
+        usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        own = sum(u.ru_utime + u.ru_stime for u in usage)
+        if self.pid is not None:
+            # QEMU gone: the trial fails on that by itself.
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                own += process_seconds(_read(f"/proc/{self.pid}/stat"))
+        return _Sample(time.monotonic(), busy_seconds(_read("/proc/stat")), own)
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> None:
+        assert self._start is not None, "stop() without start()"
+        end = self._sample()
+        self.wall += end.wall - self._start.wall
+        self.other += max(0.0, (end.busy - self._start.busy) - (end.own - self._start.own))
+        self._start = None
+
+    @property
+    def share(self) -> float:
+        """Others' CPU time as a share of the host's capacity over the windows."""
+        cpus = os.cpu_count() or 1
+        return min(1.0, self.other / (self.wall * cpus)) if self.wall > 0 else 0.0
+
+    def note(self) -> str:
+        """A sentence for a failure message when others held the CPUs."""
+        if self.share < BUSY_SHARE:
+            return ""
+        return (f"the host was busy with other work during the trials ({self.share:.0%} of "
+                f"{os.cpu_count()} CPUs), so this rate may reflect that rather than the datapath")
