@@ -5,11 +5,12 @@ the datapath, and a failure should say so."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Above this share of the host's CPU capacity taken by others, a low rate is
@@ -33,11 +34,6 @@ def process_seconds(stat: str) -> float:
     return (int(after_name[11]) + int(after_name[12])) / CLK_TCK  # fields 14 and 15
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 @dataclass
 class _Sample:
     wall: float
@@ -46,22 +42,19 @@ class _Sample:
 
 
 class OtherLoad:
-    """Accumulates, over windows, the CPU time used by everything but the
-    given process (QEMU), this process and its reaped children."""
+    """Accumulates, over windows, the CPU time used by everything but the VM
+    (`vm_seconds`: its CPU time so far, None once gone), this process and its
+    reaped children."""
 
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
+    def __init__(self, vm_seconds: Callable[[], float | None]) -> None:
+        self.vm_seconds = vm_seconds
         self.wall = self.other = 0.0
         self._start: _Sample | None = None
 
     def _sample(self) -> _Sample:
         usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        own = sum(u.ru_utime + u.ru_stime for u in usage)
-        if self.pid is not None:
-            # QEMU gone: the trial fails on that by itself.
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                own += process_seconds(_read(f"/proc/{self.pid}/stat"))
-        return _Sample(time.monotonic(), busy_seconds(_read("/proc/stat")), own)
+        own = sum(u.ru_utime + u.ru_stime for u in usage) + (self.vm_seconds() or 0.0)
+        return _Sample(time.monotonic(), busy_seconds(Path("/proc/stat").read_text()), own)
 
     def start(self) -> None:
         self._start = self._sample()

@@ -138,8 +138,7 @@ class Datapath:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         results = []
         cpu_used = window = 0.0
-        vm_proc = self.guest.vm.proc
-        others = OtherLoad(vm_proc.pid if vm_proc is not None else None)
+        others = OtherLoad(self.guest.vm.cpu_seconds)
         for index in range(trials + 1):
             warm = index == 0
             sender, receiver = self.engines()

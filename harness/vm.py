@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -28,6 +27,7 @@ from harness import leases
 from harness.deadline import Deadline
 from harness.errors import ConfigError, PreconditionError, QEMUError
 from harness.host_tap import HostNetwork
+from harness.hostload import process_seconds
 from harness.image import GuestImage
 
 log = logging.getLogger(__name__)
@@ -296,10 +296,9 @@ class QemuVM:
         if self.proc is None:
             return None
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return process_seconds(Path(f"/proc/{self.proc.pid}/stat").read_text())
         except OSError:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def inject_nmi(self) -> None:
         assert self.qmp is not None
