@@ -397,6 +397,10 @@ def swap_virtio_net(guest: Guest, remote: str) -> None:
     old, guest.dut_ifname = guest.dut_ifname, guest.profile.dut_ifname(guest.ssh, guest.vm.spec.mac)
     if old != guest.dut_ifname:
         log.info("the NIC under test is %s after the virtio_net swap (was %s)", guest.dut_ifname, old)
+    # Set up again by the script if it was up: ready once its link is, as after configure_dut.
+    if guest.ssh.run(f"ip -o link show dev {shlex.quote(guest.dut_ifname)} up").output.strip():
+        Deadline(30, "NIC link up after the virtio_net swap").wait_for(
+            lambda: guest.profile.link_up(guest.ssh, guest.dut_ifname), f"{guest.dut_ifname} link up", interval=0.2)
 
 
 def load_modules(guest: Guest, build: NetmapBuild, installed: dict[str, str]) -> None:
