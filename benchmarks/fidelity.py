@@ -57,7 +57,9 @@ def main() -> int:
                   f"max {spread['max']:.5f}")
             print(f"  bottleneck: {m.bottleneck['side']}: {m.bottleneck['detail']}")
             print(f"  harness CPU per trial second: {m.cpu_seconds_per_trial_second:.3%} of one core "
-                  f"(target < 1%)\n")
+                  f"(target < 1%)")
+            print(f"  other load on the host during the trials: {m.other_cpu_share:.1%} of its CPUs"
+                  f"{' (' + m.load_note + ')' if m.load_note else ''}\n")
     return 0
 
 
