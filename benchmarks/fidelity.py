@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.config import RunConfig
 from harness.guest import boot_guest
+from harness.hostload import busy_note
 from harness.traffic import Datapath
 
 
@@ -58,8 +59,9 @@ def main() -> int:
             print(f"  bottleneck: {m.bottleneck['side']}: {m.bottleneck['detail']}")
             print(f"  harness CPU per trial second: {m.cpu_seconds_per_trial_second:.3%} of one core "
                   f"(target < 1%)")
+            note = busy_note(m.other_cpu_share)
             print(f"  other load on the host during the trials: {m.other_cpu_share:.1%} of its CPUs"
-                  f"{' (' + m.load_note + ')' if m.load_note else ''}\n")
+                  f"{f' ({note})' if note else ''}\n")
     return 0
 
 

@@ -72,9 +72,12 @@ class OtherLoad:
         cpus = os.cpu_count() or 1
         return min(1.0, self.other / (self.wall * cpus)) if self.wall > 0 else 0.0
 
-    def note(self) -> str:
-        """A sentence for a failure message when others held the CPUs."""
-        if self.share < BUSY_SHARE:
-            return ""
-        return (f"the host was busy with other work during the trials ({self.share:.0%} of "
-                f"{os.cpu_count()} CPUs), so this rate may reflect that rather than the datapath")
+
+
+def busy_note(share: float) -> str:
+    """A sentence for a failure message when others held `share` of the CPUs
+    during the trials; empty below BUSY_SHARE."""
+    if share < BUSY_SHARE:
+        return ""
+    return (f"the host was busy with other work during the trials ({share:.0%} of "
+            f"{os.cpu_count()} CPUs), so this rate may reflect that rather than the datapath")

@@ -73,7 +73,6 @@ class Measurement:
     engines: dict[str, str]
     cpu_seconds_per_trial_second: float = 0.0
     other_cpu_share: float = 0.0    # the host's CPU capacity others used during the trials
-    load_note: str = ""             # why the rate may reflect that load, when it was high
     notes: list[str] = field(default_factory=list)
 
     def _series(self, name: str) -> list[float]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from harness import cpus, thresholds
 from harness.deadline import Deadline
 from harness.errors import HarnessError
-from harness.hostload import OtherLoad
+from harness.hostload import OtherLoad, busy_note
 from harness.measure import Measurement, Meter, run_trial
 from harness.pktgen import SINK_IP, SINK_MAC, Engine, Flow, KernelPktgen, NetmapPktgen, Spawn, Trafgen
 from harness.results import Metric, Record
@@ -164,7 +164,7 @@ class Datapath:
         return Measurement(results, "guest" if self.direction == "tx" else "host",
                            {"sender": self.sender_name, "receiver": self.receiver_name},
                            cpu_seconds_per_trial_second=cpu_used / window if window else 0.0,
-                           other_cpu_share=others.share, load_note=others.note())
+                           other_cpu_share=others.share)
 
 
 def _cpu_seconds() -> float:
@@ -211,5 +211,6 @@ def run_scenario(guest: Guest, record: Record, config: RunConfig, scenario: str,
 def below_floor(result: Measurement, verdict: Verdict) -> str:
     """The failure message for a rate under its floor, naming host load when
     others held the CPUs during the trials."""
-    message = (f"{result.mpps['receiver_counters']:.4f} Mpps < {verdict.min} Mpps ({verdict.reason})")
-    return f"{message}; {result.load_note}" if result.load_note else message
+    message = f"{result.mpps['receiver_counters']:.4f} Mpps < {verdict.min} Mpps ({verdict.reason})"
+    note = busy_note(result.other_cpu_share)
+    return f"{message}; {note}" if note else message

@@ -11,7 +11,7 @@ import pytest
 
 from harness import hostload
 from harness.deadline import Deadline
-from harness.hostload import OtherLoad, busy_seconds, process_seconds
+from harness.hostload import OtherLoad, busy_note, busy_seconds, process_seconds
 
 # /proc/stat's first lines as read on this 2-CPU Debian 12 host, and a
 # /proc/PID/stat line in the kernel's format whose process name holds spaces
@@ -59,7 +59,7 @@ def test_a_process_spinning_beside_the_run_is_other_load(spinner) -> None:
     others.stop()
     assert others.other >= 0.8  # the spinner's second, give or take a tick
     assert others.share > hostload.BUSY_SHARE  # one busy core of at most a few
-    assert "busy with other work" in others.note()
+    assert "busy with other work" in busy_note(others.share)
 
 
 def test_the_vm_and_the_harness_itself_are_not_other_load(spinner) -> None:
@@ -84,3 +84,8 @@ def test_the_vm_and_the_harness_itself_are_not_other_load(spinner) -> None:
     # What as_vm left out of the host's busy time covers the VM and the harness.
     assert busy - as_vm.other >= spun + 0.8 * harness - 0.05
     assert harness >= 0.3
+
+
+def test_the_busy_note_starts_at_the_busy_share() -> None:
+    assert busy_note(hostload.BUSY_SHARE - 0.01) == ""
+    assert busy_note(0.5).startswith("the host was busy with other work during the trials (50% of ")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.measure import Measurement, Trial
+from harness.thresholds import Verdict
+from harness.traffic import below_floor
 
 
 def _trial(gen, sent, received, *, seconds=4.0, sender_dropped=0, receiver_dropped=0):
@@ -65,3 +67,11 @@ def test_meter_disagreements_name_the_trial():
     assert problems == ["trial 2: generator counted 1030, the sender's interface 1000",
                         "trial 2: generator 0.00026 Mpps, sender counters 0.00025 Mpps"]
     assert m.meter_disagreements(0.05) == []
+
+
+def test_a_rate_below_its_floor_names_host_load_only_when_others_held_the_cpus():
+    verdict = Verdict("tcg-ci", "mpps", 0.02, True, "profile 'tcg-ci'")
+    quiet = Measurement([_trial(76_000, 76_000, 76_000)], "guest", {}, other_cpu_share=0.0)
+    busy = Measurement([_trial(76_000, 76_000, 76_000)], "guest", {}, other_cpu_share=0.5)
+    assert below_floor(quiet, verdict) == "0.0190 Mpps < 0.02 Mpps (profile 'tcg-ci')"
+    assert below_floor(busy, verdict).startswith("0.0190 Mpps < 0.02 Mpps (profile 'tcg-ci'); the host was busy")
